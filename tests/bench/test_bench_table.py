@@ -1,0 +1,59 @@
+"""Table 2 writer: means, bold per model group and stars from a known paired t-test."""
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from fuxictr_chime.bench.table import compute_table, format_markdown, paired_pvalue
+from fuxictr_chime.errors import DataError
+
+
+def _runs():
+    rows = []
+    plain_auc = [0.700, 0.702, 0.698, 0.701, 0.699]
+    for seed, a in enumerate(plain_auc):
+        rows.append(dict(model="DIN", variant="plain", seed=seed, AUC=a, gAUC=0.60, logloss=0.40))
+        # CHIME: a consistent +0.004 with small noise -> significant
+        rows.append(dict(model="DIN", variant="CHIME", seed=seed, AUC=a + 0.004 + 0.0002 * (seed % 2),
+                         gAUC=0.61, logloss=0.399))
+        # LEARN: noise around zero -> not significant
+        rows.append(dict(model="DIN", variant="LEARN", seed=seed, AUC=a + (0.001 if seed % 2 else -0.001),
+                         gAUC=0.60, logloss=0.401))
+    return pd.DataFrame(rows)
+
+
+def test_means_bold_and_stars():
+    runs = _runs()
+    table = compute_table(runs)
+    chime = table[("DIN", "CHIME")]
+    assert chime["AUC"].mean == pytest.approx(100 * runs[runs.variant == "CHIME"].AUC.mean())
+    expected_p = stats.ttest_rel(runs[runs.variant == "CHIME"].AUC.to_numpy(),
+                                 runs[runs.variant == "plain"].AUC.to_numpy(), alternative="greater").pvalue
+    assert chime["AUC"].pvalue == pytest.approx(expected_p)
+    assert chime["AUC"].significant and chime["AUC"].bold
+    assert not table[("DIN", "LEARN")]["AUC"].significant
+    assert not table[("DIN", "plain")]["AUC"].bold
+    # logloss: lower is better -> CHIME bold, LEARN worse -> no star
+    assert chime["logloss"].bold and not table[("DIN", "LEARN")]["logloss"].significant
+    md = format_markdown(table)
+    lines = md.splitlines()
+    assert lines[2].startswith("| DIN |")
+    assert lines[3].startswith("| DIN w/ LEARN |") and lines[4].startswith("| DIN w/ CHIME |")
+    assert f"**{chime['AUC'].mean:.2f}**" + "*" in lines[4]
+
+
+def test_rows_ordered_plain_learn_chime_per_model():
+    runs = pd.concat([_runs(), _runs().assign(model="TWIN")])
+    keys = list(compute_table(runs, models=["TWIN", "DIN"]))
+    assert keys[:3] == [("TWIN", "plain"), ("TWIN", "LEARN"), ("TWIN", "CHIME")]
+
+
+def test_single_seed_has_no_star_and_constant_gain():
+    assert paired_pvalue(np.array([0.7]), np.array([0.6]), True) is None
+    assert paired_pvalue(np.array([0.71, 0.72]), np.array([0.70, 0.71]), True) == 0.0
+    assert paired_pvalue(np.array([0.69, 0.70]), np.array([0.70, 0.71]), True) == 1.0
+
+
+def test_missing_column_is_named():
+    with pytest.raises(DataError, match="gAUC"):
+        compute_table(_runs().drop(columns=["gAUC"]))
