@@ -13,7 +13,6 @@ from pathlib import Path
 import pandas as pd
 
 from ..errors import DataError
-from ..io import write_parquet_atomic  # noqa: F401  (re-exported for bench modules)
 from ..io import atomic_path
 
 KEY = ("model", "variant", "seed")
