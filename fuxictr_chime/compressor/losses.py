@@ -1,0 +1,199 @@
+"""CHIME's contrastive losses (paper section 4.3, eq. 1; CHIME spec section 3.4).
+
+Both losses take user hidden states ``z`` and item hidden states ``p`` of shape (B, T, D) and
+labels (B, T) with +1 (positive action), -1 (negative action) and 0 (padding). The score is
+s(z, p) = <z, p> / tau; whether z and p are L2-normalized first is the caller's decision.
+
+* **Holistic loss** (term (a) of eq. 1, default tau = 0.2). For every valid anchor (u, t):
+  candidates are the valid items of u at positions s > t (both labels) plus every valid item of
+  every other user in the batch; positives are the items of u at s > t with y = +1. Past items of
+  u (s <= t) are never candidates. With N_h the number of (anchor, positive) pairs,
+
+      L_h = 1/N_h * sum_{anchors} sum_{p+} [ lse_{candidates} s(z, p) - s(z, p+) ].
+
+  The positives' part only needs reverse cumulative sums of the positive item vectors per user;
+  only the logsumexp needs the (anchors x B*T) score matrix. With ``chunk_size`` set, that
+  matrix is computed ``chunk_size`` anchors at a time by a custom autograd function that keeps
+  nothing but the per-anchor logsumexp and recomputes each chunk's scores in backward, so the
+  extra memory is O(chunk_size * B * T) in forward and backward, not O((B * T)^2).
+  Half and bfloat16 inputs are scored in float32.
+* **Immediate loss** (term (b) of eq. 1, default tau = 0.07, bias b = 0): the mean over pairs
+  (u, t) with t and t + 1 both valid of softplus(-y_{t+1} * (s(z_t, p_{t+1}) - b)).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from fuxictr_chime.errors import ConfigError, DataError
+
+__all__ = ["holistic_loss", "immediate_loss"]
+
+
+def holistic_loss(
+    z: torch.Tensor,
+    p: torch.Tensor,
+    labels: torch.Tensor,
+    tau: float = 0.2,
+    chunk_size: int | None = None,
+) -> torch.Tensor:
+    """Holistic InfoNCE loss of paper eq. 1 (a); see the module docstring for the definition.
+
+    Args:
+        z: user hidden states, (B, T, D) float.
+        p: item hidden states, (B, T, D) float, same dtype as ``z``.
+        labels: (B, T) integer tensor with values in {+1, -1, 0 = padding}.
+        tau: temperature (default 0.2).
+        chunk_size: number of anchors scored at once, each chunk recomputed in backward
+            (default None: all anchors at once, plain autograd over the full score matrix).
+            Every chunk size gives the same value and gradient up to float rounding.
+
+    Returns:
+        A scalar. When there is no (anchor, positive) pair it is a zero with a gradient path.
+    """
+    _check_inputs(z, p, labels, tau, "holistic_loss")
+    z, p = _upcast(z), _upcast(p)
+    if chunk_size is not None and int(chunk_size) < 1:
+        raise ConfigError(f"holistic_loss: chunk_size must be a positive integer or None, got {chunk_size!r}")
+    B, T, D = z.shape
+    p = p.masked_fill((labels == 0).unsqueeze(-1), 0.0)                   # (B, T, D) padding never leaks
+    positive = labels == 1                                                # (B, T)
+    n_pos = _reverse_exclusive_cumsum(positive.long().unsqueeze(-1)).squeeze(-1)  # (B, T) int64
+    anchor_mask = (labels != 0) & (n_pos > 0)                             # (B, T)
+    if not bool(anchor_mask.any()):
+        return 0.0 * (z.sum() + p.sum())
+    pos_sum = _reverse_exclusive_cumsum(p * positive.unsqueeze(-1).to(p.dtype))  # (B, T, D)
+    anchor_idx = anchor_mask.reshape(-1).nonzero().squeeze(1)             # (Na,) flat index u*T + t
+    z_a = z.reshape(B * T, D)[anchor_idx]                                 # (Na, D)
+    items = p.reshape(B * T, D)                                           # (B*T, D)
+    valid = (labels != 0).reshape(B * T)                                  # (B*T,)
+    if chunk_size is None:
+        lse = _masked_lse(z_a, items, anchor_idx, valid, T, tau)          # (Na,)
+    else:
+        lse = _ChunkedMaskedLSE.apply(z_a, items, anchor_idx, valid, T, tau, int(chunk_size))  # (Na,)
+    count = n_pos.reshape(B * T)[anchor_idx].to(z.dtype)                  # (Na,)
+    pos_score = (z_a * pos_sum.reshape(B * T, D)[anchor_idx]).sum(-1) / tau  # (Na,)
+    per_anchor = count * lse - pos_score                                  # (Na,)
+    return per_anchor.sum() / count.sum()
+
+
+def immediate_loss(
+    z: torch.Tensor,
+    p: torch.Tensor,
+    labels: torch.Tensor,
+    tau: float = 0.07,
+    bias: float | torch.Tensor = 0.0,
+) -> torch.Tensor:
+    """Immediate (next-behavior) sigmoid contrastive loss of paper eq. 1 (b).
+
+    Args:
+        z: user hidden states, (B, T, D) float.
+        p: item hidden states, (B, T, D) float.
+        labels: (B, T) integer tensor with values in {+1, -1, 0 = padding}.
+        tau: temperature (default 0.07).
+        bias: the score offset b, a float or a 0-dim tensor (learnable: gradient flows to it;
+            default 0.0).
+
+    Returns:
+        Mean of softplus(-y_{t+1} * (s(z_t, p_{t+1}) - b)) over the pairs (u, t) with t and t + 1
+        both valid; a zero with a gradient path when there is no such pair.
+    """
+    _check_inputs(z, p, labels, tau, "immediate_loss")
+    z, p = _upcast(z), _upcast(p)
+    if isinstance(bias, torch.Tensor) and bias.dim() != 0:
+        raise ConfigError(f"immediate_loss: bias must be a float or a 0-dim tensor, got shape {tuple(bias.shape)}")
+    pad = (labels == 0).unsqueeze(-1)                                     # (B, T, 1)
+    z, p = z.masked_fill(pad, 0.0), p.masked_fill(pad, 0.0)               # (B, T, D) padding never leaks
+    pair = (labels[:, :-1] != 0) & (labels[:, 1:] != 0)                   # (B, T-1)
+    if not bool(pair.any()):
+        zero = 0.0 * (z.sum() + p.sum())
+        return zero + 0.0 * bias if isinstance(bias, torch.Tensor) else zero
+    score = (z[:, :-1] * p[:, 1:]).sum(-1) / tau                          # (B, T-1)
+    y_next = labels[:, 1:].to(score.dtype)                                # (B, T-1)
+    loss = F.softplus(-y_next * (score - bias))                           # (B, T-1)
+    return loss[pair].mean()
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+
+
+def _check_inputs(z: torch.Tensor, p: torch.Tensor, labels: torch.Tensor, tau: float, fn: str) -> None:
+    if z.dim() != 3 or z.shape != p.shape:
+        raise DataError(f"{fn}: z and p must both be (B, T, D), got {tuple(z.shape)} and {tuple(p.shape)}")
+    if labels.shape != z.shape[:2]:
+        raise DataError(f"{fn}: labels must be (B, T) = {tuple(z.shape[:2])}, got {tuple(labels.shape)}")
+    if labels.is_floating_point() or labels.is_complex():
+        raise DataError(f"{fn}: labels must be an integer tensor, got {labels.dtype}")
+    if bool(((labels != 1) & (labels != -1) & (labels != 0)).any()):
+        raise DataError(f"{fn}: labels must be +1, -1 or 0 (padding); found {sorted(labels.unique().tolist())}")
+    if not float(tau) > 0:
+        raise ConfigError(f"{fn}: tau must be > 0, got {tau!r}")
+
+
+def _upcast(x: torch.Tensor) -> torch.Tensor:
+    """Half/bfloat16 inputs are scored in float32 (tau = 0.07 scores overflow half precision)."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+def _reverse_exclusive_cumsum(x: torch.Tensor) -> torch.Tensor:
+    """out[:, t] = sum of x[:, s] over s > t, along dim 1 of a (B, T, ...) tensor."""
+    inclusive = x.flip(1).cumsum(1).flip(1)                               # (B, T, ...)
+    return torch.cat([inclusive[:, 1:], torch.zeros_like(inclusive[:, :1])], dim=1)  # (B, T, ...)
+
+
+def _masked_scores(z_a: torch.Tensor, items: torch.Tensor, anchor_idx: torch.Tensor,
+                   valid: torch.Tensor, T: int, tau: float) -> torch.Tensor:
+    """Scores of anchors against all items, -inf where the item is not a candidate.
+
+    Anchor a (flat index u*T + t) excludes the items j of the same user at positions <= t, i.e.
+    the flat range [u*T, a], and every padding item.
+    """
+    scores = z_a @ items.T / tau                                          # (C, B*T)
+    j = torch.arange(items.shape[0], device=items.device).unsqueeze(0)    # (1, B*T)
+    a = anchor_idx.unsqueeze(1)                                           # (C, 1)
+    own_past = (j <= a) & (j >= torch.div(a, T, rounding_mode="floor") * T)  # (C, B*T)
+    candidate = valid.unsqueeze(0) & ~own_past                            # (C, B*T)
+    return scores.masked_fill(~candidate, float("-inf"))                  # (C, B*T)
+
+
+def _masked_lse(z_a: torch.Tensor, items: torch.Tensor, anchor_idx: torch.Tensor,
+                valid: torch.Tensor, T: int, tau: float) -> torch.Tensor:
+    """logsumexp over each anchor's candidates, (C,); every anchor has at least one candidate."""
+    return torch.logsumexp(_masked_scores(z_a, items, anchor_idx, valid, T, tau), dim=1)  # (C,)
+
+
+class _ChunkedMaskedLSE(torch.autograd.Function):
+    """Per-anchor candidate logsumexp, ``chunk`` anchors at a time, recomputed in backward.
+
+    Forward keeps only the (Na,) result; backward rebuilds each chunk's (chunk, B*T) scores,
+    turns them into softmax weights with the saved logsumexp and accumulates the gradients.
+    """
+
+    @staticmethod
+    def forward(ctx, z_a, items, anchor_idx, valid, T, tau, chunk):  # noqa: D102
+        lse = torch.empty(z_a.shape[0], dtype=z_a.dtype, device=z_a.device)  # (Na,)
+        for start in range(0, z_a.shape[0], chunk):
+            sl = slice(start, start + chunk)
+            lse[sl] = _masked_lse(z_a[sl], items, anchor_idx[sl], valid, T, tau)
+        ctx.save_for_backward(z_a, items, anchor_idx, valid, lse)
+        ctx.T, ctx.tau, ctx.chunk = T, tau, chunk
+        return lse
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_lse):  # noqa: D102
+        z_a, items, anchor_idx, valid, lse = ctx.saved_tensors
+        need_z, need_items = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grad_z = torch.zeros_like(z_a) if need_z else None                # (Na, D)
+        grad_items = torch.zeros_like(items) if need_items else None      # (B*T, D)
+        for start in range(0, z_a.shape[0], ctx.chunk):
+            sl = slice(start, start + ctx.chunk)
+            scores = _masked_scores(z_a[sl], items, anchor_idx[sl], valid, ctx.T, ctx.tau)  # (C, B*T)
+            # d lse / d scores = softmax over candidates; d scores / d (z, items) carries 1/tau
+            weight = torch.exp(scores - lse[sl].unsqueeze(1)) * (grad_lse[sl] / ctx.tau).unsqueeze(1)  # (C, B*T)
+            if need_z:
+                grad_z[sl] = weight @ items                               # (C, D)
+            if need_items:
+                grad_items.addmm_(weight.T, z_a[sl])                      # (B*T, D)
+        return grad_z, grad_items, None, None, None, None, None
