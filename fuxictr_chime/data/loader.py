@@ -159,6 +159,10 @@ class UserHistories:
     values: np.ndarray   # (nnz,) int64
     offsets: np.ndarray  # (U+1 rows + 1,) int64
 
+    def __post_init__(self) -> None:
+        # values shifted by one: index 0 reads the padding item 0 (used for masked positions)
+        self.shifted = np.concatenate([np.zeros(1, np.int64), self.values])  # (nnz + 1,)
+
     @property
     def lengths(self) -> np.ndarray:
         return np.diff(self.offsets)
@@ -171,13 +175,12 @@ def gather_history(hist: UserHistories, user: np.ndarray, seq_len: np.ndarray,
     ``idx = offsets[u] + seq_len - L + arange(L)``, masked where it falls before the
     user's sequence start. Returns (items (B, L) int64, mask (B, L) bool).
     """
+    start = hist.offsets[user]  # (B,)
     steps = np.arange(max_len, dtype=np.int64)[None, :]  # (1, L)
-    n_valid = np.minimum(seq_len, max_len).astype(np.int64)  # (B,)
-    mask = steps >= (max_len - n_valid)[:, None]  # (B, L)
-    idx = (hist.offsets[user] + seq_len - max_len)[:, None] + steps  # (B, L)
-    # values shifted by one so that index 0 reads the padding 0 at every masked position
-    items = np.concatenate([np.zeros(1, np.int64), hist.values])[np.where(mask, idx + 1, 0)]
-    return items, mask
+    idx = (start + seq_len - max_len + 1)[:, None] + steps  # (B, L), +1: shifted values
+    mask = idx > start[:, None]  # (B, L): position idx-1 lies in the user's own sequence
+    idx *= mask  # masked -> 0 -> padding item
+    return hist.shifted[idx], mask  # (B, L), (B, L)
 
 
 class LongSeqDataLoader:
