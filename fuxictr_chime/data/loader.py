@@ -189,7 +189,7 @@ class LongSeqDataLoader:
     Constructed as ``LongSeqDataLoader(feature_map, data_path, split=..., batch_size=...,
     shuffle=..., user_info=..., item_info=..., max_len=1000, **params)``. Each batch is a
     dict of CPU tensors (ARCHITECTURE.md section 3): the split file's feature columns and
-    label (float32); target-item features (``source: item``) gathered from item_info by
+    labels (float32); target-item features (``source: item``) gathered from item_info by
     ``item_index``; user features (``source: user``, e.g. ``chime_hist``) gathered from
     user_info by ``user_index``; ``item_seq`` (B, max_len+1) int64 (history left-padded
     with 0, target last) and ``seq_mask`` (B, max_len) bool. Histories longer than
@@ -286,12 +286,14 @@ class LongSeqDataLoader:
                             for name in user_cols}
 
     def _load_split(self, split_cols: list[str]) -> None:
-        label = self.feature_map.labels[0]
-        columns = list(dict.fromkeys(list(SEQ_COLUMNS) + split_cols + [label]))
+        labels = list(self.feature_map.labels)
+        if not labels:
+            raise ConfigError("feature map has no label (label_col)")
+        columns = list(dict.fromkeys(list(SEQ_COLUMNS) + split_cols + labels))
         table = read_parquet_columns(self.data_path, columns, f"{self.split} data")
         self.num_samples = table.num_rows
         arrays = {name: self._to_numpy(table.column(name), name, self.data_path,
-                                       label=name == label) for name in columns}
+                                       label=name in labels) for name in columns}
         for name in SEQ_COLUMNS:
             if arrays[name].dtype.kind not in "iu":
                 raise DataError(f"{self.data_path}: column '{name}' must be integer, "
@@ -299,7 +301,7 @@ class LongSeqDataLoader:
         self._user = arrays["user_index"].astype(np.int64, copy=False)
         self._item = arrays["item_index"].astype(np.int64, copy=False)
         self._seq_len = arrays["seq_len"].astype(np.int64, copy=False)
-        emitted = set(self.feature_map.features) | {label}
+        emitted = set(self.feature_map.features) | set(labels)
         self.split_arrays = {name: arr for name, arr in arrays.items() if name in emitted}
 
     def _to_numpy(self, column, name: str, path: str, *, label: bool = False) -> np.ndarray:

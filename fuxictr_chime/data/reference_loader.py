@@ -78,7 +78,7 @@ class ReferenceLongSeqLoader:
 
     def collate(self, rows: np.ndarray) -> dict[str, torch.Tensor]:
         features = self.feature_map.features
-        label = self.feature_map.labels[0]
+        labels = self.feature_map.labels
         batch = {}
         item_cols, user_cols = [], []
         for name, spec in features.items():
@@ -91,7 +91,7 @@ class ReferenceLongSeqLoader:
         for col, idx in self.column_index.items():
             if col in item_cols or col in user_cols:
                 continue
-            if col == label:
+            if col in labels:
                 batch[col] = torch.tensor(rows[:, idx].astype(np.float32))
             elif col in features:
                 dtype = np.float32 if features[col]["type"] == "embedding" else self.dtypes[col]

@@ -156,6 +156,21 @@ def test_item_and_user_columns_joined_by_index(tiny):
     assert batch["hour"].tolist() == [s[5] for s in SAMPLES]
 
 
+def test_item_sequence_feature_padded_to_max_len(tiny):
+    """An Ebnerd-style ``type: sequence, source: item`` column (ragged lists in item_info)."""
+    params, fmap = tiny
+    tags = [[], [1], [2, 3, 4], [4, 5, 6], [7], [8, 9]]
+    table = pq.read_table(params["item_info"])
+    pq.write_table(table.append_column("tags", pa.array(tags, pa.list_(pa.int64()))),
+                   params["item_info"])
+    params["feature_cols"].append({"name": "tags", "active": True, "type": "sequence",
+                                   "source": "item", "max_len": 2, "vocab_size": 10})
+    batch = one_batch(params, build_feature_map("tiny", params))
+    padded = {1: [1, 0], 2: [2, 3], 4: [7, 0], 5: [8, 9]}  # item -> tags, padded/cut at the end
+    assert batch["tags"].dtype == torch.int64
+    assert batch["tags"].tolist() == [padded[s[1]] for s in SAMPLES]
+
+
 def test_gather_history_matches_plain_slicing():
     rng = np.random.default_rng(0)
     seqs = [list(rng.integers(1, 50, n)) for n in rng.integers(0, 30, 40)]
