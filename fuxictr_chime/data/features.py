@@ -18,11 +18,14 @@ import copy
 import glob
 import logging
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from ..errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    from fuxictr.features import FeatureMap
 
 logger = logging.getLogger(__name__)
 
@@ -110,7 +113,8 @@ def _read_yaml(path: str) -> dict:
 
 
 def build_feature_map(dataset_id: str, dataset_params: dict, *, embedding_dim: int | None = None,
-                      group_id: str | None = None, feature_specs: list[dict] | None = None):
+                      group_id: str | None = None,
+                      feature_specs: list[dict] | None = None) -> "FeatureMap":
     """Build a ``fuxictr.features.FeatureMap`` from ``feature_cols`` and ``label_col``.
 
     No Ray and no dataset rebuild: prepared data are already encoded. Only features with

@@ -18,12 +18,16 @@ import os
 import queue
 import threading
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 import numpy as np
 import torch
 
 from ..errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+    from fuxictr.features import FeatureMap
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +48,7 @@ def resolve_parquet_path(path: str | os.PathLike | None, what: str) -> str:
     return path
 
 
-def read_parquet_columns(path: str, columns: Iterable[str], what: str):
+def read_parquet_columns(path: str, columns: Iterable[str], what: str) -> "pa.Table":
     """Read ``columns`` of a parquet file or folder; DataError naming the first missing one."""
     import pyarrow.dataset as ds
 
@@ -70,7 +74,7 @@ def _is_list(pa_type) -> bool:
         or pa.types.is_fixed_size_list(pa_type)
 
 
-def list_column_csr(column, where: str) -> tuple[np.ndarray, np.ndarray]:
+def list_column_csr(column: "pa.ChunkedArray", where: str) -> tuple[np.ndarray, np.ndarray]:
     """A list column as CSR: (flat values int64, offsets int64 of length N+1); null rows = empty."""
     import pyarrow.compute as pc
 
@@ -84,7 +88,7 @@ def list_column_csr(column, where: str) -> tuple[np.ndarray, np.ndarray]:
     return values, offsets
 
 
-def _list_matrix(column, width: int, where: str, *, exact: bool) -> np.ndarray:
+def _list_matrix(column: "pa.ChunkedArray", width: int, where: str, *, exact: bool) -> np.ndarray:
     """A list column as an (N, width) array; ragged rows are padded/truncated at the end
     unless ``exact`` (then any row of another width is a DataError)."""
     import pyarrow.compute as pc
@@ -105,11 +109,11 @@ def _list_matrix(column, width: int, where: str, *, exact: bool) -> np.ndarray:
     pos = np.arange(width)[None, :]  # (1, width)
     valid = pos < lengths[:, None]  # (N, width)
     out = np.zeros((len(lengths), width), dtype=values.dtype)
-    out[valid] = values[(offsets[:, None] + pos)[valid]]
+    out[valid] = values[(offsets[:, None] + pos)[valid]]  # (N, width) <- (nnz,)
     return out
 
 
-def column_to_numpy(column, spec: dict | None, where: str, *, label: bool = False) -> np.ndarray:
+def column_to_numpy(column: "pa.ChunkedArray", spec: dict | None, where: str, *, label: bool = False) -> np.ndarray:
     """One parquet column as a numpy array that keeps its dtype.
 
     Scalars keep their dtype (labels become float32). ``type: embedding`` vectors become
@@ -201,7 +205,8 @@ class LongSeqDataLoader:
     ``prefetch=True`` assembles the next batches in a background thread (depth 2).
     """
 
-    def __init__(self, feature_map, data_path: str, split: str = "train", batch_size: int = 32,
+    def __init__(self, feature_map: "FeatureMap", data_path: str, split: str = "train",
+                 batch_size: int = 32,
                  shuffle: bool = False, *, user_info: str | None = None,
                  item_info: str | None = None, max_len: int | None = 1000,
                  seed: int | None = None, prefetch: bool = True, **kwargs: Any) -> None:

@@ -53,7 +53,7 @@ class ReferenceLongSeqLoader:
         arrays, column_index, dtypes, idx = [], {}, {}, 0
         for col in df.columns:
             if df[col].dtype == "object":  # list column -> several array columns
-                array = np.array(df[col].to_list())
+                array = np.array(df[col].to_list())  # (N, d)
                 column_index[col] = list(range(idx, idx + array.shape[1]))
                 idx += array.shape[1]
             else:
@@ -102,21 +102,21 @@ class ReferenceLongSeqLoader:
         # target-item features: one pandas lookup of the item_info rows
         items = self.item_info.iloc[item_index]
         for col in item_cols:
-            values = np.array(items[col].to_list())
+            values = np.array(items[col].to_list())  # (B,) or (B, d)
             if features[col]["type"] == "embedding":
                 values = values.astype(np.float32)
             batch[col] = torch.tensor(values)
         # user features: one pandas lookup of the user_info rows
         users = self.user_info.iloc[user_index]
         for col in user_cols:
-            values = np.array(users[col].to_list())
+            values = np.array(users[col].to_list())  # (B, d)
             if features[col]["type"] == "embedding":
                 values = values.astype(np.float32)
             batch[col] = torch.tensor(values)
         item_seq, seq_mask = self.padding_seqs(users["full_item_seq"].to_list(), seq_len)
         for row, target in zip(item_seq, item_index):
             row.append(int(target))
-        batch["item_seq"] = torch.tensor(item_seq, dtype=torch.int64)
+        batch["item_seq"] = torch.tensor(item_seq, dtype=torch.int64)  # (B, L+1)
         batch["seq_mask"] = torch.tensor(seq_mask, dtype=torch.bool)
         return batch
 
