@@ -56,24 +56,23 @@ def holistic_loss(
     if chunk_size is not None and int(chunk_size) < 1:
         raise ConfigError(f"holistic_loss: chunk_size must be a positive integer or None, got {chunk_size!r}")
     B, T, D = z.shape
-    p = p.masked_fill((labels == 0).unsqueeze(-1), 0.0)                   # (B, T, D) padding never leaks
+    valid = labels != 0                                                   # (B, T)
     positive = labels == 1                                                # (B, T)
     n_pos = _reverse_exclusive_cumsum(positive.long().unsqueeze(-1)).squeeze(-1)  # (B, T) int64
-    anchor_mask = (labels != 0) & (n_pos > 0)                             # (B, T)
+    anchor_mask = valid & (n_pos > 0)                                     # (B, T)
     if not bool(anchor_mask.any()):
-        return 0.0 * (z.sum() + p.sum())
-    pos_sum = _reverse_exclusive_cumsum(p * positive.unsqueeze(-1).to(p.dtype))  # (B, T, D)
+        return _zero_with_grad(z, p)
     anchor_idx = anchor_mask.reshape(-1).nonzero().squeeze(1)             # (Na,) flat index u*T + t
     z_a = z.reshape(B * T, D)[anchor_idx]                                 # (Na, D)
-    items = p.reshape(B * T, D)                                           # (B*T, D)
-    valid = (labels != 0).reshape(B * T)                                  # (B*T,)
+    items, lo, hi = _candidate_layout(p, valid, anchor_idx)               # (Nv, D), (Na,), (Na,)
     if chunk_size is None:
-        lse = _masked_lse(z_a, items, anchor_idx, valid, T, tau)          # (Na,)
+        lse = torch.logsumexp(_masked_scores(z_a, items, lo, hi, tau), dim=1)  # (Na,)
     else:
-        lse = _ChunkedMaskedLSE.apply(z_a, items, anchor_idx, valid, T, tau, int(chunk_size))  # (Na,)
+        lse = _ChunkedMaskedLSE.apply(z_a, items, lo, hi, tau, int(chunk_size))  # (Na,)
+    pos_items = torch.where(positive.unsqueeze(-1), p, 0.0)               # (B, T, D)
+    pos_sum = _reverse_exclusive_cumsum(pos_items).reshape(B * T, D)[anchor_idx]  # (Na, D)
     count = n_pos.reshape(B * T)[anchor_idx].to(z.dtype)                  # (Na,)
-    pos_score = (z_a * pos_sum.reshape(B * T, D)[anchor_idx]).sum(-1) / tau  # (Na,)
-    per_anchor = count * lse - pos_score                                  # (Na,)
+    per_anchor = count * lse - (z_a * pos_sum).sum(-1) / tau              # (Na,)
     return per_anchor.sum() / count.sum()
 
 
@@ -106,7 +105,7 @@ def immediate_loss(
     z, p = z.masked_fill(pad, 0.0), p.masked_fill(pad, 0.0)               # (B, T, D) padding never leaks
     pair = (labels[:, :-1] != 0) & (labels[:, 1:] != 0)                   # (B, T-1)
     if not bool(pair.any()):
-        zero = 0.0 * (z.sum() + p.sum())
+        zero = _zero_with_grad(z, p)
         return zero + 0.0 * bias if isinstance(bias, torch.Tensor) else zero
     score = (z[:, :-1] * p[:, 1:]).sum(-1) / tau                          # (B, T-1)
     y_next = labels[:, 1:].to(score.dtype)                                # (B, T-1)
@@ -142,58 +141,80 @@ def _reverse_exclusive_cumsum(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([inclusive[:, 1:], torch.zeros_like(inclusive[:, :1])], dim=1)  # (B, T, ...)
 
 
-def _masked_scores(z_a: torch.Tensor, items: torch.Tensor, anchor_idx: torch.Tensor,
-                   valid: torch.Tensor, T: int, tau: float) -> torch.Tensor:
-    """Scores of anchors against all items, -inf where the item is not a candidate.
+def _zero_with_grad(*tensors: torch.Tensor) -> torch.Tensor:
+    """A zero scalar with a gradient path to ``tensors`` (all-zero gradients, NaN-safe)."""
+    return sum(t[:0].sum() for t in tensors)
 
-    Anchor a (flat index u*T + t) excludes the items j of the same user at positions <= t, i.e.
-    the flat range [u*T, a], and every padding item.
+
+def _candidate_layout(p: torch.Tensor, valid: torch.Tensor, anchor_idx: torch.Tensor):
+    """Valid items only, and each anchor's excluded column range in that compact order.
+
+    Items keep their flat (user, position) order without padding, so the items of an anchor's
+    own user at positions <= t form one contiguous range [lo, hi] of columns: lo = the user's
+    first valid item, hi = the anchor's own item. Every other column is a candidate.
+    Returns items (Nv, D), lo (Na,), hi (Na,).
     """
-    scores = z_a @ items.T / tau                                          # (C, B*T)
-    j = torch.arange(items.shape[0], device=items.device).unsqueeze(0)    # (1, B*T)
-    a = anchor_idx.unsqueeze(1)                                           # (C, 1)
-    own_past = (j <= a) & (j >= torch.div(a, T, rounding_mode="floor") * T)  # (C, B*T)
-    candidate = valid.unsqueeze(0) & ~own_past                            # (C, B*T)
-    return scores.masked_fill(~candidate, float("-inf"))                  # (C, B*T)
+    B, T, D = p.shape
+    valid_flat = valid.reshape(B * T)                                     # (B*T,)
+    items = p.reshape(B * T, D)[valid_flat.nonzero().squeeze(1)]          # (Nv, D)
+    compact = valid_flat.long().cumsum(0) - 1                             # (B*T,) column of each valid item
+    per_user = valid.sum(1)                                               # (B,)
+    first = per_user.cumsum(0) - per_user                                 # (B,) column of each user's first item
+    hi = compact[anchor_idx]                                              # (Na,)
+    lo = first[torch.div(anchor_idx, T, rounding_mode="floor")]           # (Na,)
+    return items, lo, hi
 
 
-def _masked_lse(z_a: torch.Tensor, items: torch.Tensor, anchor_idx: torch.Tensor,
-                valid: torch.Tensor, T: int, tau: float) -> torch.Tensor:
-    """logsumexp over each anchor's candidates, (C,); every anchor has at least one candidate."""
-    return torch.logsumexp(_masked_scores(z_a, items, anchor_idx, valid, T, tau), dim=1)  # (C,)
+def _masked_scores(z_a: torch.Tensor, items: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
+                   tau: float) -> torch.Tensor:
+    """Scores of anchors (C, D) against all valid items (Nv, D), -inf on columns [lo, hi] of each row.
+
+    Only the column window [min lo, max hi] can hold excluded entries, so the mask is built for
+    that window alone (for a chunk of consecutive anchors: at most chunk + T columns). The
+    window is edited in place (autograd allows it: the matmul's backward does not need its output).
+    """
+    scores = (z_a / tau) @ items.T                                        # (C, Nv)
+    w_lo, w_hi = int(lo.min()), int(hi.max()) + 1
+    cols = torch.arange(w_lo, w_hi, device=items.device).unsqueeze(0)     # (1, W)
+    excluded = torch.ge(cols, lo.unsqueeze(1))                            # (C, W)
+    excluded &= torch.le(cols, hi.unsqueeze(1))                           # (C, W)
+    scores[:, w_lo:w_hi].masked_fill_(excluded, float("-inf"))            # window view of (C, Nv)
+    return scores
 
 
 class _ChunkedMaskedLSE(torch.autograd.Function):
     """Per-anchor candidate logsumexp, ``chunk`` anchors at a time, recomputed in backward.
 
-    Forward keeps only the (Na,) result; backward rebuilds each chunk's (chunk, B*T) scores,
+    Forward keeps only the (Na,) result; backward rebuilds each chunk's (chunk, Nv) scores,
     turns them into softmax weights with the saved logsumexp and accumulates the gradients.
     """
 
     @staticmethod
-    def forward(ctx, z_a, items, anchor_idx, valid, T, tau, chunk):  # noqa: D102
+    def forward(ctx, z_a, items, lo, hi, tau, chunk):  # noqa: D102
         lse = torch.empty(z_a.shape[0], dtype=z_a.dtype, device=z_a.device)  # (Na,)
-        for start in range(0, z_a.shape[0], chunk):
-            sl = slice(start, start + chunk)
-            lse[sl] = _masked_lse(z_a[sl], items, anchor_idx[sl], valid, T, tau)
-        ctx.save_for_backward(z_a, items, anchor_idx, valid, lse)
-        ctx.T, ctx.tau, ctx.chunk = T, tau, chunk
+        for sl in _chunks(z_a.shape[0], chunk):
+            lse[sl] = torch.logsumexp(_masked_scores(z_a[sl], items, lo[sl], hi[sl], tau), dim=1)
+        ctx.save_for_backward(z_a, items, lo, hi, lse)
+        ctx.tau, ctx.chunk = tau, chunk
         return lse
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_lse):  # noqa: D102
-        z_a, items, anchor_idx, valid, lse = ctx.saved_tensors
+        z_a, items, lo, hi, lse = ctx.saved_tensors
         need_z, need_items = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad_z = torch.zeros_like(z_a) if need_z else None                # (Na, D)
-        grad_items = torch.zeros_like(items) if need_items else None      # (B*T, D)
-        for start in range(0, z_a.shape[0], ctx.chunk):
-            sl = slice(start, start + ctx.chunk)
-            scores = _masked_scores(z_a[sl], items, anchor_idx[sl], valid, ctx.T, ctx.tau)  # (C, B*T)
-            # d lse / d scores = softmax over candidates; d scores / d (z, items) carries 1/tau
-            weight = torch.exp(scores - lse[sl].unsqueeze(1)) * (grad_lse[sl] / ctx.tau).unsqueeze(1)  # (C, B*T)
+        grad_items = torch.zeros_like(items) if need_items else None      # (Nv, D)
+        scale = grad_lse / ctx.tau                                        # (Na,) d scores / d z carries 1/tau
+        for sl in _chunks(z_a.shape[0], ctx.chunk):
+            soft = _masked_scores(z_a[sl], items, lo[sl], hi[sl], ctx.tau)  # (C, Nv)
+            soft.sub_(lse[sl].unsqueeze(1)).exp_()                        # (C, Nv) softmax over candidates
             if need_z:
-                grad_z[sl] = weight @ items                               # (C, D)
+                grad_z[sl] = (soft @ items) * scale[sl].unsqueeze(1)      # (C, D)
             if need_items:
-                grad_items.addmm_(weight.T, z_a[sl])                      # (B*T, D)
-        return grad_z, grad_items, None, None, None, None, None
+                grad_items.addmm_(soft.T, z_a[sl] * scale[sl].unsqueeze(1))  # (Nv, D)
+        return grad_z, grad_items, None, None, None, None
+
+
+def _chunks(n: int, chunk: int):
+    return (slice(start, start + chunk) for start in range(0, n, chunk))
