@@ -18,8 +18,9 @@ Padding positions (``mask`` False) never reach codebooks, statistics, losses or 
 
 Under torch.distributed the per-code counts and sums are all-reduced, and the k-means
 initialization and the replacement vectors come from rank 0 (broadcast), so every rank holds
-identical codebooks. The multi-process path is exercised by the distributed-training tests of
-a later issue; a single process never calls torch.distributed.
+identical codebooks; every rank must therefore run each training-mode forward (evaluation
+belongs in eval mode, which never communicates). A two-process gloo test checks that ranks end
+with identical codebooks; the full multi-GPU training path is tested by a later issue.
 """
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ from torch import nn
 
 from fuxictr_chime.errors import ConfigError, DataError
 
-__all__ = ["RVQOutput", "CodeStats", "ResidualVQ", "rotation_trick"]
+__all__ = ["RVQOutput", "CodeStats", "ResidualVQ", "rotation_trick", "code_histogram", "code_stats"]
 
 logger = logging.getLogger(__name__)
 
@@ -221,14 +222,15 @@ class ResidualVQ(nn.Module):
             centroids = self._kmeans(residual, k_m) if _is_rank0() else residual.new_empty(k_m, self.dim)
             _broadcast_(centroids)
             k = _nearest(residual, centroids)                             # (n,)
-            counts, sums = _code_counts_and_sums(residual, k, k_m)        # (K,), (K, D)
+            counts, _ = _code_counts_and_sums(residual, k, k_m)           # (K,)
             _all_reduce_(counts)
             self.codebook(m).copy_(centroids)
             getattr(self, f"cluster_size_{m}").copy_(counts)
             getattr(self, f"embed_sum_{m}").copy_(centroids * counts.unsqueeze(1))  # (K, D)
             residual = residual - centroids[k]
         self.initialized.fill_(True)
-        logger.debug("ResidualVQ codebooks initialized from %d vectors (k-means iters %d)", b.shape[0], self.kmeans_iters)
+        logger.debug("ResidualVQ codebooks initialized from %d vectors (k-means iters %d)",
+                     b.shape[0], self.kmeans_iters)
 
     def _kmeans(self, data: torch.Tensor, k: int) -> torch.Tensor:
         """Lloyd's k-means from k sampled rows (with replacement if fewer rows than codes), (k, D)."""
@@ -404,7 +406,8 @@ def _check_config(dim, codebook_sizes, decay, eps, kmeans_iters, dead_code_thres
     if int(dim) < 1:
         raise ConfigError(f"ResidualVQ: dim must be >= 1, got {dim!r}")
     if len(codebook_sizes) == 0 or any(int(k) < 1 for k in codebook_sizes):
-        raise ConfigError(f"ResidualVQ: codebook_sizes must be a non-empty list of positive sizes, got {codebook_sizes!r}")
+        raise ConfigError("ResidualVQ: codebook_sizes must be a non-empty list of positive sizes, "
+                          f"got {codebook_sizes!r}")
     if not 0.0 <= float(decay) < 1.0:
         raise ConfigError(f"ResidualVQ: decay must be in [0, 1), got {decay!r}")
     if not float(eps) > 0:
