@@ -12,7 +12,8 @@ s(z, p) = <z, p> / tau; whether z and p are L2-normalized first is the caller's 
       L_h = 1/N_h * sum_{anchors} sum_{p+} [ lse_{candidates} s(z, p) - s(z, p+) ].
 
   The positives' part only needs reverse cumulative sums of the positive item vectors per user;
-  only the logsumexp needs the (anchors x B*T) score matrix. With ``chunk_size`` set, that
+  only the logsumexp needs the (anchors x valid items) score matrix (padding columns are dropped
+  once; each anchor's own past is one contiguous column range). With ``chunk_size`` set, that
   matrix is computed ``chunk_size`` anchors at a time by a custom autograd function that keeps
   nothing but the per-anchor logsumexp and recomputes each chunk's scores in backward, so the
   extra memory is O(chunk_size * B * T) in forward and backward, not O((B * T)^2).
@@ -120,6 +121,8 @@ def immediate_loss(
 def _check_inputs(z: torch.Tensor, p: torch.Tensor, labels: torch.Tensor, tau: float, fn: str) -> None:
     if z.dim() != 3 or z.shape != p.shape:
         raise DataError(f"{fn}: z and p must both be (B, T, D), got {tuple(z.shape)} and {tuple(p.shape)}")
+    if z.dtype != p.dtype:
+        raise DataError(f"{fn}: z and p must have the same dtype, got {z.dtype} and {p.dtype}")
     if labels.shape != z.shape[:2]:
         raise DataError(f"{fn}: labels must be (B, T) = {tuple(z.shape[:2])}, got {tuple(labels.shape)}")
     if labels.is_floating_point() or labels.is_complex():

@@ -233,6 +233,8 @@ def test_bad_inputs_raise_clear_errors():
         immediate_loss(z, p, labels.double())
     with pytest.raises(DataError, match="z and p"):
         holistic_loss(z, p[:, :-1], labels)
+    with pytest.raises(DataError, match="same dtype"):
+        holistic_loss(z, p.float(), labels)
     with pytest.raises(DataError, match=r"labels must be \(B, T\)"):
         immediate_loss(z, p, labels[:, :-1])
     with pytest.raises(ConfigError, match="chunk_size"):
