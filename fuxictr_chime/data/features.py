@@ -25,6 +25,7 @@ import yaml
 from ..errors import ConfigError, DataError
 
 if TYPE_CHECKING:
+    import numpy as np
     from fuxictr.features import FeatureMap
 
 logger = logging.getLogger(__name__)
@@ -32,6 +33,9 @@ logger = logging.getLogger(__name__)
 DATA_PATH_KEYS = ("data_root", "train_data", "valid_data", "test_data", "user_info", "item_info")
 SEQUENCE_META = ("item_seq", "seq_mask")  # columns the loader adds (ARCHITECTURE.md section 3)
 FEATURE_TYPES = ("meta", "categorical", "numeric", "sequence", "embedding")
+# time-sliced snapshots of a user-level vector (compressor/slices.py): the user_info column
+# holding N stacked snapshots per user and the N cut times c_1 < ... < c_N
+SLICE_KEYS = ("slice_column", "slice_cuts")
 
 # spec keys copied from a feature column into the FeatureMap, per type (as FuxiCTR's processor)
 _COMMON_KEYS = ("feature_encoder", "embedding_dim")
@@ -40,7 +44,7 @@ _EXTRA_KEYS = {
     "numeric": (),
     "categorical": ("emb_output_dim", "share_embedding", "vocab_size"),
     "sequence": ("emb_output_dim", "share_embedding", "vocab_size", "max_len"),
-    "embedding": ("pretrain_dim",),
+    "embedding": ("pretrain_dim",) + SLICE_KEYS,
 }
 _UNSUPPORTED_KEYS = ("pretrained_emb", "category_processor")
 
@@ -126,6 +130,8 @@ def build_feature_map(dataset_id: str, dataset_params: dict, *, embedding_dim: i
     * ``embedding``: ``pretrain_dim`` from the YAML; if absent on a ``source: item`` feature
       (published reczoo LongCTR configs omit it) it is read from ``item_info``'s vector width
       and logged; otherwise a ConfigError. ``dtype: list`` and ``dtype: float`` are accepted.
+      A ``source: user`` vector may carry time slices (``slice_column``, ``slice_cuts``:
+      see :func:`slice_cuts_of`); set ``slice_cuts: null`` to use the plain column.
     * ``item_seq`` and ``seq_mask`` are added as ``type: meta`` (the loader's columns).
 
     Args:
@@ -249,7 +255,43 @@ def _feature_spec(col: dict, params: dict) -> dict:
                 spec["feature_encoder"] = encoder
     if ftype == "embedding" and "pretrain_dim" not in spec:
         spec["pretrain_dim"] = _width_from_item_info(name, spec["source"], params)
+    if "slice_cuts" in spec and spec["slice_cuts"] is None:  # explicit null: slicing off
+        spec.pop("slice_column", None)
+        spec.pop("slice_cuts")
+    slice_cuts_of(name, spec)
     return spec
+
+
+def slice_cuts_of(name: str, spec: dict) -> np.ndarray | None:
+    """The snapshot cut times of a time-sliced feature as int64 (N,), or None if not sliced.
+
+    A sliced feature (written by ``compress export --slices``) is a ``type: embedding,
+    source: user`` spec with ``slice_column`` (user_info column of N*pretrain_dim floats per
+    user) and ``slice_cuts`` (c_1 < c_2 < ... < c_N, integers, c_1 = t1). A sample at time t
+    receives the snapshot of the latest cut c <= t (see :mod:`fuxictr_chime.compressor.slices`).
+    Either key null or absent: not sliced. Inconsistent keys -> ConfigError naming the feature.
+    """
+    import numpy as np
+
+    column, cuts = spec.get("slice_column"), spec.get("slice_cuts")
+    if column is None and cuts is None:
+        return None
+    where = f"feature '{name}'"
+    if column is None or cuts is None:
+        raise ConfigError(f"{where}: 'slice_column' and 'slice_cuts' go together (got only "
+                          f"{'slice_column' if cuts is None else 'slice_cuts'})")
+    if spec.get("type") != "embedding" or spec.get("source") != "user":
+        raise ConfigError(f"{where}: time slices need type: embedding and source: user")
+    if not isinstance(column, str) or not column:
+        raise ConfigError(f"{where}: 'slice_column' must be a column name, got {column!r}")
+    if not isinstance(cuts, (list, tuple)) or not cuts \
+            or not all(isinstance(c, (int, np.integer)) and not isinstance(c, bool) for c in cuts):
+        raise ConfigError(f"{where}: 'slice_cuts' must be a non-empty list of integer times, "
+                          f"got {cuts!r}")
+    cuts = np.asarray(cuts, dtype=np.int64)  # (N,)
+    if np.any(np.diff(cuts) <= 0):
+        raise ConfigError(f"{where}: 'slice_cuts' must be strictly increasing, got {cuts.tolist()}")
+    return cuts
 
 
 def _item_info_column(name: str, source: str, params: dict, what: str):

@@ -7,6 +7,14 @@ target item appended last. Every parquet file is read once into numpy arrays (ea
 keeps its dtype); each batch is then assembled with vectorized numpy fancy indexing, with no
 per-row Python and no pandas.
 
+Time-sliced user features (``compress export --slices``): a ``source: user`` vector whose spec
+carries ``slice_column`` and ``slice_cuts`` c_1 < ... < c_N holds N snapshots per user; the
+snapshot for cut c_k was built from the user's behaviors strictly before c_k. A sample at time
+t receives the snapshot of the latest cut c_k <= t (:func:`snapshot_index`), so it only ever
+sees behaviors strictly before c_k <= t, never its own time or later. c_k == t is safe for the
+same reason: behaviors at time t itself are excluded from that snapshot. Samples before c_1
+(= t1) cannot exist in a prepared folder and are a DataError.
+
 Use it through FuxiCTR (``RankDataLoader(feature_map, ..., data_loader=LongSeqDataLoader,
 user_info=..., item_info=..., max_len=...)``) or directly. A plain per-row reference
 implementation lives in :mod:`fuxictr_chime.data.reference_loader`.
@@ -24,6 +32,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, DataError
+from .features import slice_cuts_of
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -33,6 +42,7 @@ logger = logging.getLogger(__name__)
 
 SEQ_COLUMNS = ("user_index", "item_index", "seq_len")  # needed in every split file
 HISTORY_COLUMN = "full_item_seq"
+TIME_COLUMN = "timestamp"  # sample time, read when a user feature has time slices
 EXPORTED_USER_COLUMNS = ("chime_hist", "learn_emb")
 
 
@@ -156,6 +166,24 @@ def column_to_numpy(column: "pa.ChunkedArray", spec: dict | None, where: str, *,
     return np.require(arr, requirements=["C", "W"])
 
 
+def snapshot_index(cuts: np.ndarray, times: np.ndarray) -> np.ndarray:
+    """Index k of the latest cut ``cuts[k] <= t`` for every time (-1 when t < cuts[0]).
+
+    ``cuts`` (N,) strictly increasing; ``times`` (S,). Vectorized: one ``np.searchsorted``.
+    """
+    return np.searchsorted(cuts, times, side="right").astype(np.int64) - 1  # (S,)
+
+
+@dataclass
+class UserSlices:
+    """Time-sliced snapshots of one user feature: ``values[u, k]`` was built from user u's
+    behaviors strictly before ``cuts[k]``."""
+
+    column: str          # user_info column holding the stacked snapshots
+    cuts: np.ndarray     # (N,) int64, strictly increasing
+    values: np.ndarray   # (U+1, N, d) float32
+
+
 @dataclass
 class UserHistories:
     """``full_item_seq`` of user_info as CSR: ``values[offsets[u]:offsets[u+1]]`` = user u."""
@@ -200,7 +228,9 @@ class LongSeqDataLoader:
     ``max_len`` keep the most recent ``max_len`` items.
 
     A ``source: item`` / ``source: user`` feature absent from item_info / user_info is read
-    from the split file if it is there. Defaults: ``shuffle`` per epoch with
+    from the split file if it is there. A user feature with time slices (``slice_column``,
+    ``slice_cuts`` in its spec) is gathered per sample from the snapshot of the latest cut at
+    or before the sample's ``timestamp`` (module docstring). Defaults: ``shuffle`` per epoch with
     ``numpy.random.default_rng((seed, epoch))``, ``seed`` 0, never on split "test";
     ``prefetch=True`` assembles the next batches in a background thread (depth 2).
     """
@@ -289,6 +319,27 @@ class LongSeqDataLoader:
                             f"item_info ({self.item_info}: rows 0..{self.n_items - 1})")
         self.user_arrays = {name: self._to_numpy(table.column(name), name, self.user_info)
                             for name in user_cols}
+        self.user_slices = {name: self._load_slices(name) for name in user_cols
+                            if slice_cuts_of(name, self.feature_map.features[name]) is not None}
+
+    def _load_slices(self, name: str) -> UserSlices:
+        """The (U+1, N, d) snapshots of a sliced user feature; its first snapshot (cut c_1 = t1)
+        must equal the plain column (else the slices are stale: a newer plain export)."""
+        spec = self.feature_map.features[name]
+        cuts = slice_cuts_of(name, spec)
+        column, width = spec["slice_column"], int(spec["pretrain_dim"])
+        table = read_parquet_columns(self.user_info, [column], "user_info")
+        where = f"{self.user_info}: column '{column}' (time slices of '{name}')"
+        flat = _list_matrix(table.column(column), len(cuts) * width, where, exact=True)
+        values = flat.astype(np.float32, copy=False).reshape(-1, len(cuts), width)  # (U+1, N, d)
+        if not np.all(np.isfinite(values)):
+            raise DataError(f"{where}: NaN/inf values")
+        if not np.array_equal(values[:, 0], self.user_arrays[name]):
+            raise DataError(f"{where}: the first snapshot differs from column '{name}': the "
+                            f"slices are stale (written before the last plain export); re-run "
+                            f"`fuxictr-chime compress export --slices ...` or set "
+                            f"slice_cuts: null")
+        return UserSlices(column, cuts, np.ascontiguousarray(values))
 
     def _load_split(self, split_cols: list[str]) -> None:
         labels = list(self.feature_map.labels)
@@ -308,6 +359,25 @@ class LongSeqDataLoader:
         self._seq_len = arrays["seq_len"].astype(np.int64, copy=False)
         emitted = set(self.feature_map.features) | set(labels)
         self.split_arrays = {name: arr for name, arr in arrays.items() if name in emitted}
+        self._slice_rows = {name: self._slice_rows_of(slices)
+                            for name, slices in self.user_slices.items()}
+
+    def _slice_rows_of(self, slices: UserSlices) -> np.ndarray:
+        """Per sample, the snapshot index k of the latest cut c_k <= timestamp: (S,) int64."""
+        table = read_parquet_columns(self.data_path, [TIME_COLUMN], f"{self.split} data")
+        times = table.column(TIME_COLUMN)
+        where = f"{self.data_path}: column '{TIME_COLUMN}'"
+        if times.null_count or not _is_integer(times.type):
+            raise DataError(f"{where} must be integer without nulls (needed by the time slices "
+                            f"of '{slices.column}'), got {times.type}")
+        times = times.to_numpy().astype(np.int64, copy=False)  # (S,)
+        k = snapshot_index(slices.cuts, times)  # (S,)
+        if self.num_samples and k.min() < 0:
+            r = int(np.argmin(k))
+            raise DataError(f"{where}: sample at row {r} has time {int(times[r])} before the first "
+                            f"cut c_1 = {int(slices.cuts[0])} (= t1) of '{slices.column}'; "
+                            f"ranking samples start at t1")
+        return k
 
     def _to_numpy(self, column, name: str, path: str, *, label: bool = False) -> np.ndarray:
         spec = self.feature_map.features.get(name)
@@ -353,6 +423,8 @@ class LongSeqDataLoader:
             batch[name] = torch.from_numpy(arr[item])  # (B,) or (B, d)
         for name, arr in self.user_arrays.items():
             batch[name] = torch.from_numpy(arr[user])  # (B, d)
+        for name, slices in self.user_slices.items():  # latest snapshot at or before the sample
+            batch[name] = torch.from_numpy(slices.values[user, self._slice_rows[name][rows]])  # (B, d)
         history, mask = gather_history(self.histories, user, self._seq_len[rows], self.max_len)
         item_seq = np.empty((len(rows), self.max_len + 1), dtype=np.int64)  # (B, L+1)
         item_seq[:, :-1] = history
@@ -360,6 +432,12 @@ class LongSeqDataLoader:
         batch["item_seq"] = torch.from_numpy(item_seq)
         batch["seq_mask"] = torch.from_numpy(mask)  # (B, L)
         return batch
+
+
+def _is_integer(pa_type) -> bool:
+    import pyarrow as pa
+
+    return pa.types.is_integer(pa_type)
 
 
 def _n_rows(path: str, index_column: str) -> int:
