@@ -1,0 +1,94 @@
+"""Typed configuration of the LEARN compression baseline (CHIME spec section 4).
+
+Sections: ``backbone`` (the causal transformer user tower, the same :class:`BackboneConfig` as
+CHIME's IRM, random init by default), ``learn`` (:class:`LEARNSection`) and ``optim`` (the same
+:class:`OptimConfig` as CHIME, so both compressors get a comparable training budget), plus
+``data_dir`` and ``output_dir``. Read with :func:`fuxictr_chime.compressor.config.load_experiment`
+(``config_class=LEARNConfig``); unknown keys raise ConfigError.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from ..compressor.config import BackboneConfig, OptimConfig, _coerce, _read_yaml, _Section, \
+    _unknown_key_message
+from ..errors import ConfigError
+from ..io import write_text_atomic
+
+__all__ = ["LEARNSection", "LEARNConfig"]
+
+
+@dataclass
+class LEARNSection(_Section):
+    """LEARN specifics. Defaults: every dense item vector of the dataset is the (frozen) content
+    input; the last 30% of each user's positive behaviors are the target part; 64-d output (the
+    width of CHIME's histogram); inner-product temperature 0.1 on L2-normalized vectors."""
+
+    section: typing.ClassVar[str] = "learn"
+    content_columns: list[str] | None = None
+    target_fraction: float = 0.3
+    output_dim: int = 64
+    item_hidden: int = 256
+    tau: float = 0.1
+    chunk_size: int | None = 256
+
+    def __post_init__(self) -> None:
+        self._require(0.0 < self.target_fraction < 1.0, "target_fraction", "must be in (0, 1)")
+        self._require(self.output_dim > 0 and self.item_hidden > 0, "output_dim", "widths must be positive")
+        self._require(self.tau > 0, "tau", "must be positive")
+        self._require(self.chunk_size is None or self.chunk_size > 0, "chunk_size", "must be positive or null")
+
+
+_SECTIONS: dict[str, type[_Section]] = {"backbone": BackboneConfig, "learn": LEARNSection, "optim": OptimConfig}
+
+
+def _small_backbone() -> BackboneConfig:
+    return BackboneConfig(hidden_size=128, num_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                          intermediate_size=256)
+
+
+@dataclass
+class LEARNConfig:
+    """Everything a LEARN run needs (mirrors :class:`~fuxictr_chime.compressor.config.CHIMEConfig`)."""
+
+    backbone: BackboneConfig = field(default_factory=_small_backbone)
+    learn: LEARNSection = field(default_factory=LEARNSection)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    data_dir: str | None = field(default=None, metadata={"path": True})
+    output_dir: str | None = field(default=None, metadata={"path": True})
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> "LEARNConfig":
+        data = {} if data is None else data
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"LEARN config: expected a mapping, got {type(data).__name__}")
+        names = [f.name for f in dataclasses.fields(cls)]
+        kwargs: dict[str, Any] = {}
+        for key, value in data.items():
+            if key in _SECTIONS:
+                kwargs[key] = _SECTIONS[key].from_dict(value)
+            elif key in ("data_dir", "output_dir"):
+                kwargs[key] = _coerce(value, str | None, key)
+            else:
+                raise ConfigError(_unknown_key_message(str(key), "top level", names))
+        return cls(**kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {name: getattr(self, name).to_dict() for name in _SECTIONS}
+        out.update(data_dir=self.data_dir, output_dir=self.output_dir)
+        return out
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike) -> "LEARNConfig":
+        return cls.from_dict(_read_yaml(Path(path)))
+
+    def to_yaml(self, path: str | os.PathLike) -> Path:
+        write_text_atomic(path, yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=False))
+        return Path(path)
