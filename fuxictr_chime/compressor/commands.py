@@ -1,0 +1,74 @@
+"""``fuxictr-chime compress train|export``: argument parsing only (logic in train.py / export.py)."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+
+logger = logging.getLogger(__name__)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``compress`` command with its ``train`` and ``export`` sub-commands."""
+    parser = subparsers.add_parser("compress", help="train a stage-1 compressor (CHIME, LEARN) or export "
+                                                    "its user feature column",
+                                   description="Stage 1: train a compressor on a prepared folder's "
+                                               "representation set, then export one vector per user.")
+    sub = parser.add_subparsers(dest="compress_command", metavar="ACTION", required=True)
+
+    tr = sub.add_parser("train", help="train a compressor from a FuxiCTR-style experiment YAML",
+                        description="Train the experiment EXPID of CONFIG_DIR/model_config.yaml "
+                                    "(Base: + one block per experiment id).")
+    tr.add_argument("--config", required=True, metavar="DIR",
+                    help="folder holding model_config.yaml (e.g. model_zoo/CHIME/config)")
+    tr.add_argument("--expid", required=True, help="experiment id, e.g. CHIME_movielens")
+    tr.add_argument("--data", metavar="DIR", help="prepared data folder (overrides data_dir)")
+    tr.add_argument("--output", metavar="DIR", help="run folder for log.csv and checkpoints "
+                                                    "(overrides output_dir)")
+    tr.add_argument("--resume", action="store_true", help="continue from OUTPUT/last")
+    tr.add_argument("--max-steps", type=int, metavar="N", help="override optim.max_steps")
+    tr.add_argument("--no-progress", action="store_true", help="no tqdm bar")
+    tr.set_defaults(func=_train)
+
+    ex = sub.add_parser("export", help="write the user feature column (chime_hist) into a prepared folder",
+                        description="Run a trained compressor over every user's representation-set "
+                                    "sequence and write the feature column into user_info.parquet, "
+                                    "its spec into dataset_config.yaml and codebook stats into "
+                                    "<column>_codebooks.json.")
+    ex.add_argument("--checkpoint", required=True, metavar="DIR", help="checkpoint folder, e.g. RUN/best")
+    ex.add_argument("--data", required=True, metavar="DIR", help="prepared data folder to write into")
+    ex.add_argument("--counts", action="store_true", help="raw code counts instead of frequencies")
+    ex.add_argument("--h5", action="store_true", help="also write <column>.h5")
+    ex.add_argument("--column", help="feature column name (default: the compressor's, e.g. chime_hist)")
+    ex.add_argument("--batch-size", type=int, metavar="N", help="users per forward pass")
+    ex.add_argument("--no-progress", action="store_true", help="no tqdm bar")
+    ex.set_defaults(func=_export)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .config import load_experiment
+    from .train import train
+
+    config, _ = load_experiment(args.config, args.expid)
+    if args.data:
+        config.data_dir = args.data
+    if args.output:
+        config.output_dir = args.output
+    result = train(config, resume=args.resume, progress=not args.no_progress, max_steps=args.max_steps)
+    best = f"{result.best_checkpoint} (step {result.best_step}, eval metric {result.best_metric:.4f})" \
+        if result.best_checkpoint else "none"
+    print(f"trained {result.compressor} for {result.step} steps; log: {result.log_path}\n"
+          f"last checkpoint: {result.last_checkpoint}\nbest checkpoint: {best}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from .export import export, format_codebook_table
+
+    stats = export(args.checkpoint, args.data, column=args.column, normalize=not args.counts, h5=args.h5,
+                   batch_size=args.batch_size, progress=not args.no_progress)
+    print(f"wrote {stats['column']} ({stats['width']} floats) for {stats['users']} users "
+          f"({stats['users_with_history']} with history) in {stats['seconds']:.1f} s")
+    print(format_codebook_table(stats))
+    print(json.dumps(stats["files"], indent=2))
+    return 0
