@@ -14,6 +14,10 @@ file (at least max train id + 1), as reczoo BARS' converter does. The paper's 64
 are the 512-d ones reduced by PCA fitted on all rows of both vector files (as BARS does);
 ``image_dim=None`` keeps the raw width.
 
+BARS' converted release (MicroVideo1.7M_x1: ``train.csv``, ``test.csv`` with the same first
+five columns and test ids already re-mapped, plus ``item_image_emb_dim64.h5`` with datasets
+``key``/``value``) is read as well when ``train_data.csv`` is absent.
+
 Output: events ``user_id, item_id, timestamp, label`` (+1 click / -1 no click); item
 attribute ``cate_id``; dense ``image_emb``. Defaults: ``DEFAULT_T1 = "q0.4"`` (paper Table 1
 implies about 39% of the log before t1), ``DEFAULT_T2 = "q0.9"`` (test about 17% of the ranking
@@ -42,6 +46,8 @@ MIN_HISTORY = 100
 IMAGE_DIM = 64
 CSV_FILES = ("train_data.csv", "test_data.csv")
 VECTOR_FILES = ("train_cover_image_feature.npy", "test_cover_image_feature.npy")
+BARS_CSV_FILES = ("train.csv", "test.csv")
+BARS_VECTOR_FILE = "item_image_emb_dim64.h5"
 COLUMNS = ("user_id", "item_id", "cate_id", "is_click", "timestamp")
 DENSE = "image_emb"
 
@@ -52,10 +58,11 @@ def load(raw_dir: str | os.PathLike, *, min_user_actions: int = MIN_HISTORY,
     """Read THACIL's MicroVideo1.7M files into a behavior log.
 
     Args:
-        raw_dir: folder with ``train_data.csv``, ``test_data.csv`` and the two vector files.
+        raw_dir: folder with ``train_data.csv``, ``test_data.csv`` and the two vector files
+            (THACIL), or with BARS' ``train.csv``, ``test.csv``, ``item_image_emb_dim64.h5``.
         min_user_actions: keep users with at least this many logged actions. Default 100.
         image_emb: ``"auto"`` (default): the two ``*_cover_image_feature.npy`` files of
-            ``raw_dir``; a path to one vector file in the re-mapped id space instead (``.npy``
+            ``raw_dir`` (BARS layout: its ``item_image_emb_dim64.h5``); a path to one vector file in the re-mapped id space instead (``.npy``
             with row r = item r, or ``.h5`` with datasets ``key``/``value`` such as BARS'
             ``item_image_emb_dim64.h5``); None: no dense column.
         image_dim: PCA target width (default 64, the paper's); None keeps the file's width.
@@ -63,14 +70,20 @@ def load(raw_dir: str | os.PathLike, *, min_user_actions: int = MIN_HISTORY,
         chunk_rows: rows per block when reading vectors (memory bound).
     """
     raw = Path(raw_dir)
-    train = _read_log(raw / CSV_FILES[0])
-    test = _read_log(raw / CSV_FILES[1])
-    parts = _vector_parts(raw, image_emb)
-    offset = int(train["item_id"].max()) + 1
-    if image_emb == "auto":
-        offset = max(offset, len(parts[0].matrix))
-        parts[1].first_id = offset
-    test["item_id"] += offset
+    bars = _is_bars_layout(raw)
+    if not bars and not (raw / CSV_FILES[0]).is_file():
+        raise DataError(f"{raw / CSV_FILES[0]}: MicroVideo log not found (nor BARS' "
+                        f"{BARS_CSV_FILES[0]})")
+    csv_files = BARS_CSV_FILES if bars else CSV_FILES
+    train = _read_log(raw / csv_files[0])
+    test = _read_log(raw / csv_files[1])
+    parts = _vector_parts(raw, image_emb, bars)
+    if not bars:  # THACIL: test ids restart at 0
+        offset = int(train["item_id"].max()) + 1
+        if image_emb == "auto":
+            offset = max(offset, len(parts[0].matrix))
+            parts[1].first_id = offset
+        test["item_id"] += offset
     events = _raw.keep_long_histories(pd.concat([train, test], ignore_index=True),
                                       min_user_actions, str(raw))
     events = _raw.sort_events(events)
@@ -114,9 +127,19 @@ class _Part:
         return np.where((rows >= 0) & (rows < len(self.matrix)), rows, -1)
 
 
-def _vector_parts(raw: Path, image_emb: str | None) -> list[_Part]:
+def _is_bars_layout(raw: Path) -> bool:
+    """False for THACIL's files, True for BARS' MicroVideo1.7M_x1 files (test ids re-mapped)."""
+    if (raw / CSV_FILES[0]).is_file() or not (raw / BARS_CSV_FILES[0]).is_file():
+        return False
+    logger.info("%s: BARS MicroVideo1.7M_x1 layout (%s)", raw, ", ".join(BARS_CSV_FILES))
+    return True
+
+
+def _vector_parts(raw: Path, image_emb: str | None, bars: bool) -> list[_Part]:
     if image_emb is None:
         return []
+    if image_emb == "auto" and bars:
+        return [_load_h5(_raw.require_file(raw / BARS_VECTOR_FILE, "cover-image vector file"))]
     if image_emb == "auto":
         parts = [_Part(_raw.require_file(raw / f, "cover-image vector file"),
                        _raw.load_npy(raw / f)) for f in VECTOR_FILES]

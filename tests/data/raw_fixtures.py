@@ -44,6 +44,29 @@ def write_microvideo(root: Path, *, train=MICROVIDEO_TRAIN, test=MICROVIDEO_TEST
     return train_vec, test_vec
 
 
+def write_microvideo_bars(root: Path, *, n_train_items: int = 3, width: int = 4,
+                          seed: int = 1) -> np.ndarray:
+    """BARS MicroVideo1.7M_x1: train.csv / test.csv (two extra history columns, test ids
+    already shifted by the number of train items) and item_image_emb_dim64.h5 (key, value).
+
+    Returns the (items, width) matrix stored under keys 0..items-1.
+    """
+    import h5py
+
+    root.mkdir(parents=True, exist_ok=True)
+    header = MICROVIDEO_HEADER + ",clicked_items,clicked_categories"
+    for name, rows, shift in (("train.csv", MICROVIDEO_TRAIN, 0),
+                              ("test.csv", MICROVIDEO_TEST, n_train_items)):
+        lines = [header] + [f"{u},{i + shift},{c},{k},{t},1^2,5^6" for u, i, c, k, t in rows]
+        (root / name).write_text("\n".join(lines) + "\n")
+    n_items = n_train_items + 1 + max(r[1] for r in MICROVIDEO_TEST)
+    values = np.random.default_rng(seed).standard_normal((n_items, width)).astype(np.float32)
+    with h5py.File(root / "item_image_emb_dim64.h5", "w") as fh:
+        fh.create_dataset("key", data=np.arange(n_items))
+        fh.create_dataset("value", data=values)
+    return values
+
+
 TMALL_HEADER = "user_id,item_id,cat_id,seller_id,brand_id,time_stamp,action_type"
 # (user_id, item_id, cat_id, seller_id, brand_id or "", time_stamp mmdd, action_type)
 TMALL_ROWS = [

@@ -119,6 +119,19 @@ def test_microvideo_h5_vectors_and_no_vectors(tmp_path):
     assert bare.dense == {} and "image_emb" not in bare.items.columns
 
 
+def test_microvideo_bars_layout_reads_the_same_log(tmp_path):
+    F.write_microvideo(tmp_path / "thacil")
+    values = F.write_microvideo_bars(tmp_path / "bars")
+    thacil = microvideo.load(tmp_path / "thacil", min_user_actions=0, image_emb=None)
+    bars = microvideo.load(tmp_path / "bars", min_user_actions=0, image_dim=None)
+    pd.testing.assert_frame_equal(bars.events, thacil.events)
+    assert bars.dense == {"image_emb": 4}
+    for item in (0, 4):
+        np.testing.assert_array_equal(_vec(bars.items, "image_emb", item), values[item])
+    with pytest.raises(DataError, match=r"train_data\.csv: MicroVideo log not found"):
+        microvideo.load(tmp_path / "empty", min_user_actions=0)
+
+
 def test_microvideo_min_user_actions(tmp_path):
     F.write_microvideo(tmp_path)
     log = microvideo.load(tmp_path, min_user_actions=4, image_dim=None)
