@@ -32,6 +32,8 @@ from fuxictr_chime.data.features import build_feature_map, load_dataset_params
 from fuxictr_chime.data.loader import LongSeqDataLoader
 from fuxictr_chime.errors import ConfigError, DataError, LeakageError
 
+from .conftest import make_prepared_dir, tiny_chime_config
+
 T1, TV, T2, T_END = 20, 38, 45, 60  # representation < T1 <= train < TV <= valid < T2 <= test
 N_USERS, N_ITEMS = 9, 14
 CODEBOOKS = [4, 3]
@@ -232,6 +234,45 @@ def test_every_sample_sees_only_behaviors_before_its_time(trained, folder, tmp_p
         model = models.setdefault(str(which), load_model(which))
         np.testing.assert_array_equal(row["hist"], brute_features(model, events, user, n,
                                                                 folder / "item_info.parquet"))
+
+
+def logs_from_files(folder) -> list[tuple[int, int, int, int]]:
+    """(user, item, time, label) of every log in a prepared folder, read row by row."""
+    events = []
+    for row in pq.read_table(folder / "representation.parquet").to_pylist():
+        events += [(row["user_index"], i, t, y) for i, t, y in
+                   zip(row["item_seq"], row["time_seq"], row["label_seq"])]
+    for split in ("train", "valid", "test"):
+        for row in pq.read_table(folder / f"{split}.parquet").to_pylist():
+            events.append((row["user_index"], row["item_index"], row["timestamp"],
+                           1 if row["label"] == 1.0 else -1))
+    return events
+
+
+def test_no_leakage_on_the_shared_tiny_folder(tmp_path):
+    """Same check on conftest's tiny folder, with its tiny config, evenly spread cuts."""
+    from fuxictr_chime.compressor.train import train
+
+    folder = make_prepared_dir(tmp_path, n_users=8, max_events=6)
+    result = train(tiny_chime_config(folder, tmp_path / "run"), progress=False)
+    cuts = make_cuts(folder, slices=4)
+    export_time_slices(result.last_checkpoint, folder, cuts=cuts, normalize=False, progress=False)
+    events, width = logs_from_files(folder), 8  # first codebook of tiny_chime_config: 8 codes
+    params = load_dataset_params(folder, "tiny")
+    fmap = build_feature_map("tiny", params)
+    for split in ("train", "valid", "test"):
+        loader = LongSeqDataLoader(fmap, params[f"{split}_data"], split=split, batch_size=5,
+                                   user_info=params["user_info"], item_info=params["item_info"],
+                                   max_len=4)
+        times = pq.read_table(params[f"{split}_data"]).column("timestamp").to_pylist()
+        batches = list(loader)
+        users = torch.cat([b["user_index"] for b in batches]).tolist()
+        hist = torch.cat([b["chime_hist"] for b in batches]).numpy()
+        for user, t, h in zip(users, times, hist):
+            own = sorted(e[2] for e in events if e[0] == user)
+            n = int(round(h[:width].sum()))
+            assert all(time < t for time in own[:n])
+            assert n == min(16, sum(1 for time in own if time < max(c for c in cuts if c <= t)))
 
 
 def test_user_logs_prefix_lengths_and_tables_match_brute_force(folder):
