@@ -136,6 +136,11 @@ def _ids(values: pd.Series) -> pd.Series:
     return values.astype(object)
 
 
+def _plain(value: object) -> object:
+    """numpy scalars as Python values (for messages)."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
 def _numbers(frame: pd.DataFrame, column: str, path: Path) -> np.ndarray:
     values = pd.to_numeric(frame[column].str.strip(), errors="coerce").to_numpy(np.float64)
     bad = np.flatnonzero(~np.isfinite(values))
@@ -184,7 +189,7 @@ def _read_items(path: Path) -> pd.DataFrame:
     })
     if items["item_id"].duplicated().any():
         dup = items.loc[items["item_id"].duplicated(), "item_id"].iloc[0]
-        raise DataError(f"{path}: column 'item_id' has duplicate value {dup!r}")
+        raise DataError(f"{path}: column 'item_id' has duplicate value {_plain(dup)!r}")
     return items
 
 
@@ -205,6 +210,6 @@ def _add_missing_items(items: pd.DataFrame, events: pd.DataFrame, path: Path) ->
     if len(missing) == 0:
         return items
     logger.warning("%s: %d rated item(s) have no row (e.g. %r); using an empty title and "
-                   "genre '%s'", path, len(missing), missing[0], NO_GENRE)
+                   "genre '%s'", path, len(missing), _plain(missing[0]), NO_GENRE)
     extra = pd.DataFrame({"item_id": missing, "cate_id": NO_GENRE, "movie_title": ""})
     return pd.concat([items, extra], ignore_index=True)

@@ -66,11 +66,11 @@ PREPARERS: dict[str, Preparer] = {p.name: p for p in (
     Preparer("movielens", "fuxictr_chime.data.movielens", "q0.5", "q0.8", "encode_titles", False,
              "MovieLens in RecBole atomic format (*.inter, *.item); default: ml-100k from the "
              "recbole wheel; title -> 384-d MiniLM vector"),
-    Preparer("microvideo", "fuxictr_chime.data.microvideo", "q0.7", "q0.9", None, True,
+    Preparer("microvideo", "fuxictr_chime.data.microvideo", "q0.4", "q0.9", None, True,
              "MicroVideo1.7M (THACIL csv + 64-d cover-image vectors), CTR"),
-    Preparer("tmall", "fuxictr_chime.data.tmall", "q0.7", "q0.9", None, True,
+    Preparer("tmall", "fuxictr_chime.data.tmall", "q0.4", "q0.9", None, True,
              "Tmall IJCAI-15 user_log_format1.csv, CVR (add-to-cart after a click)"),
-    Preparer("ebnerd", "fuxictr_chime.data.ebnerd", "q0.7", "q0.9", None, True,
+    Preparer("ebnerd", "fuxictr_chime.data.ebnerd", "q0.4", "q0.9", None, True,
              "EBNeRD behaviors/history/articles parquet + article embeddings, CTR"),
 )}
 

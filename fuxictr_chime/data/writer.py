@@ -168,7 +168,9 @@ def _encode_events(log: BehaviorLog) -> _Encoded:
     raw_items = _raw_items_in_index_order(events["item_id"], item)
     item_rows = pd.Index(log.items["item_id"]).get_indexer(raw_items)
     if (item_rows < 0).any():
-        raise DataError(f"{log.name}: item_id {raw_items[item_rows < 0][0]!r} of the events not "
+        missing = raw_items[item_rows < 0][0]
+        missing = missing.item() if isinstance(missing, np.generic) else missing
+        raise DataError(f"{log.name}: item_id {missing!r} of the events not "
                         f"found in the item table (check the item_id dtypes of both tables)")
     time = events["timestamp"].to_numpy().astype(np.int64)
     label = events["label"].to_numpy().astype(np.int8)
