@@ -47,19 +47,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _train(args: argparse.Namespace) -> int:
     from .config import load_experiment
+    from .registry import get_compressor
     from .train import train
 
-    config, _ = load_experiment(args.config, args.expid)
+    name = _compressor_of(args.config, args.expid)
+    config, _ = load_experiment(args.config, args.expid, config_class=get_compressor(name).config_class)
     if args.data:
         config.data_dir = args.data
     if args.output:
         config.output_dir = args.output
-    result = train(config, resume=args.resume, progress=not args.no_progress, max_steps=args.max_steps)
+    result = train(config, resume=args.resume, progress=not args.no_progress, max_steps=args.max_steps,
+                   compressor=name)
     best = f"{result.best_checkpoint} (step {result.best_step}, eval metric {result.best_metric:.4f})" \
         if result.best_checkpoint else "none"
     print(f"trained {result.compressor} for {result.step} steps; log: {result.log_path}\n"
           f"last checkpoint: {result.last_checkpoint}\nbest checkpoint: {best}")
     return 0
+
+
+def _compressor_of(config_dir: str, expid: str) -> str:
+    """The experiment's ``model:`` (FuxiCTR dialect; from its block, else Base), default CHIME."""
+    from .config import read_experiment_blocks
+
+    blocks, _ = read_experiment_blocks(config_dir)
+    return str((blocks.get(expid) or {}).get("model") or (blocks.get("Base") or {}).get("model") or "CHIME")
 
 
 def _export(args: argparse.Namespace) -> int:

@@ -79,7 +79,7 @@ def export(checkpoint_dir: str | os.PathLike, data_dir: str | os.PathLike, *, co
     cfg_path = update_dataset_config(data_dir / DATASET_CONFIG, feature_spec(column, width))
     if cfg_path is not None:
         files["dataset_config"] = str(cfg_path)
-    stats = _stats(model, codes, column, width, features, users)
+    stats = _stats(model, codes, column, width, len(users), len(data.users_with_history()))
     if stats.get("hit_ratio"):
         path = data_dir / f"{column}_codebooks.json"
         write_json_atomic(path, {k: stats[k] for k in ("column", "codebook_sizes", "hit_ratio", "perplexity",
@@ -208,11 +208,8 @@ def _write_h5(path: Path, column: str, features: np.ndarray) -> Path:
     return path
 
 
-def _stats(model, codes: torch.Tensor | None, column: str, width: int, features: np.ndarray,
-           users: list[int]) -> dict:
-    nonzero = int((np.abs(features[users]).sum(1) > 0).sum()) if users else 0
-    stats: dict[str, Any] = {"column": column, "width": width, "users": len(users),
-                             "users_with_history": nonzero,
+def _stats(model, codes: torch.Tensor | None, column: str, width: int, n_users: int, n_history: int) -> dict:
+    stats: dict[str, Any] = {"column": column, "width": width, "users": n_users, "users_with_history": n_history,
                              "positions": int(codes.shape[0]) if codes is not None else None}
     if codes is not None and codes.numel():
         stats["codebook_sizes"] = list(model.codebook_sizes)

@@ -80,6 +80,13 @@ class CHIMECompressor(nn.Module):
         return cls(config, vocab_sizes, dense_widths)
 
     # ------------------------------------------------------------------ properties
+    loss_names = LOSS_NAMES
+
+    @property
+    def monitor(self) -> str:
+        """The eval loss that picks the best checkpoint: holistic (total loss if switched off)."""
+        return "holistic" if self.config.loss.holistic else "loss"
+
     @property
     def uses_codebooks(self) -> bool:
         return self.quantizer is not None

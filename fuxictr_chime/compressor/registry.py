@@ -15,8 +15,10 @@ Model class protocol (``CHIMECompressor`` is the reference):
     ``forward(batch) -> {"loss": Tensor, <name>: Tensor, ...}`` (named losses)
     ``user_features(batch, normalize=True) -> (B, d)`` with ``d == model.feature_dim``
     ``param_groups(optim_config) -> list[dict]`` (new vs pretrained learning rate)
-    optional ``encode(batch) -> codes (B, T, M)`` and ``code_stats(codes, mask)``
-    (per-codebook hit ratio and perplexity, paper Table 5).
+    optional: ``loss_names`` (the named terms logged; default CHIME's holistic, immediate,
+    commit), ``monitor`` (eval loss that selects the best checkpoint; default ``loss``),
+    ``uses_codebooks`` + ``codebook_sizes`` + ``encode(batch) -> codes (B, T, M)`` +
+    ``code_stats(codes, mask)`` (per-codebook hit ratio and perplexity, paper Table 5).
 
 Entries are stored as ``"module:attribute"`` strings and imported on first use, so that
 ``fuxictr_chime.learn`` can be registered here without an import cycle.
@@ -46,6 +48,9 @@ _REGISTRY: dict[str, tuple[Any, Any, str]] = {
     "CHIME": ("fuxictr_chime.compressor.config:CHIMEConfig",
               "fuxictr_chime.compressor.model:CHIMECompressor",
               "chime_hist"),
+    "LEARN": ("fuxictr_chime.learn.config:LEARNConfig",
+              "fuxictr_chime.learn.model:LEARNCompressor",
+              "learn_emb"),
 }
 
 

@@ -13,7 +13,7 @@ Implements the optimization of paper section 5.1 (Implementations) / spec 3.2:
   (no grad) plus per-codebook hit ratio / perplexity of their codes, appended to
   ``<output_dir>/log.csv`` (a train row with the mean training losses since the previous eval,
   then an eval row), and a checkpoint: ``<output_dir>/last`` always, ``<output_dir>/best`` when
-  the eval holistic loss improves;
+  the monitored eval loss improves (``model.monitor``: CHIME's holistic loss);
 * ``resume=True`` continues from ``<output_dir>/last``: weights, codebooks, optimizer,
   scheduler, step, position in the epoch and RNG states are restored, so the run ends at the
   same step count as an uninterrupted one.
@@ -45,10 +45,10 @@ from .registry import compressor_name_of, get_compressor
 logger = logging.getLogger(__name__)
 
 __all__ = ["train", "evaluate", "TrainResult", "NonFiniteLossError", "warmup_cosine",
-           "log_columns", "move_batch", "LAST", "BEST", "LOG_FILE"]
+           "log_columns", "loss_columns", "move_batch", "LAST", "BEST", "LOG_FILE"]
 
 LAST, BEST, LOG_FILE = "last", "best", "log.csv"
-LOSS_COLUMNS = ("holistic", "immediate", "commit", "loss")
+DEFAULT_LOSS_NAMES = ("holistic", "immediate", "commit")
 
 
 class NonFiniteLossError(ChimeError, FloatingPointError):
@@ -137,18 +137,19 @@ def evaluate(model: torch.nn.Module, data: RepresentationData, user_ids: Sequenc
              device: torch.device | str = "cpu") -> dict:
     """Eval losses (weighted by valid positions) and codebook stats over ``user_ids``.
 
-    Returns ``{"holistic", "immediate", "commit", "loss", "hit_ratio": [...], "perplexity": [...]}``
-    (the two lists are empty for a model without codebooks).
+    Returns ``{<each of model.loss_names>, "loss", "hit_ratio": [...], "perplexity": [...]}``
+    (CHIME: holistic, immediate, commit; the two lists are empty for a model without codebooks).
     """
     was_training = model.training
     model.eval()
-    sums = dict.fromkeys(LOSS_COLUMNS, 0.0)
+    columns = loss_columns(model)
+    sums = dict.fromkeys(columns, 0.0)
     weight, codes_all = 0.0, []
     for batch in data.batches(user_ids, optim.batch_size, shuffle=False, seed=optim.seed, bucket=True):
         batch = move_batch(batch, device)
         n = float(batch["mask"].sum())
         out = model(batch)
-        for key in LOSS_COLUMNS:
+        for key in columns:
             sums[key] += n * _scalar(out[key])
         weight += n
         if getattr(model, "uses_codebooks", False):
@@ -177,9 +178,14 @@ def warmup_cosine(warmup_steps: int, total_steps: int, constant: bool = False):
     return factor
 
 
-def log_columns(num_codebooks: int) -> list[str]:
-    """Header of ``log.csv`` for a model with ``num_codebooks`` codebooks."""
-    return (["step", "split", *LOSS_COLUMNS, "lr"] + [f"hit_ratio_{m + 1}" for m in range(num_codebooks)]
+def loss_columns(model: torch.nn.Module) -> tuple[str, ...]:
+    """The model's named loss terms (``model.loss_names``; CHIME's by default) followed by ``loss``."""
+    return (*getattr(model, "loss_names", DEFAULT_LOSS_NAMES), "loss")
+
+
+def log_columns(num_codebooks: int, losses: Sequence[str] = (*DEFAULT_LOSS_NAMES, "loss")) -> list[str]:
+    """Header of ``log.csv``: step, split, the loss columns, lr, hit_ratio_1..M, perplexity_1..M, time."""
+    return (["step", "split", *losses, "lr"] + [f"hit_ratio_{m + 1}" for m in range(num_codebooks)]
             + [f"perplexity_{m + 1}" for m in range(num_codebooks)] + ["time"])
 
 
@@ -204,7 +210,9 @@ class _Run:
             eval_ids, fingerprint, out, device, state)
         self.optim = config.optim
         self.num_codebooks = len(getattr(model, "codebook_sizes", ()))
-        self.train_sums = dict.fromkeys(LOSS_COLUMNS, 0.0)
+        self.losses = loss_columns(model)
+        self.monitor = getattr(model, "monitor", None) or "loss"
+        self.train_sums = dict.fromkeys(self.losses, 0.0)
         self.train_count = 0
 
     def loop(self, train_ids: Sequence[int], total: int, progress: bool) -> dict:
@@ -231,14 +239,14 @@ class _Run:
     def _optimizer_step(self, stream: Iterator) -> dict:
         """One optimizer step over ``grad_accum_steps`` micro-batches; returns their mean losses."""
         state, optim, accum = self.state, self.optim, self.optim.grad_accum_steps
-        means = dict.fromkeys(LOSS_COLUMNS, 0.0)
+        means = dict.fromkeys(self.losses, 0.0)
         for _ in range(accum):
             epoch, index, batch = next(stream)
             batch = move_batch(batch, self.device)
             out = self.model(batch)
             _check_finite(out, state.step + 1, epoch, index)
             (out["loss"] / accum).backward()
-            for key in LOSS_COLUMNS:
+            for key in self.losses:
                 means[key] += _scalar(out[key]) / accum
             state.epoch, state.batch_in_epoch = epoch, index + 1
             state.tokens += int(batch["mask"].sum())
@@ -250,7 +258,7 @@ class _Run:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         state.step += 1
-        for key in LOSS_COLUMNS:
+        for key in self.losses:
             self.train_sums[key] += means[key]
         self.train_count += 1
         return means
@@ -261,12 +269,12 @@ class _Run:
         rows = []
         if self.train_count:
             rows.append(self._row("train", {k: v / self.train_count for k, v in self.train_sums.items()}))
-            self.train_sums, self.train_count = dict.fromkeys(LOSS_COLUMNS, 0.0), 0
+            self.train_sums, self.train_count = dict.fromkeys(self.losses, 0.0), 0
         rows.append(self._row("eval", result))
-        _append_log(self.out / LOG_FILE, log_columns(self.num_codebooks), rows)
-        logger.info("step %d eval: %s", state.step, _describe(result))
+        _append_log(self.out / LOG_FILE, log_columns(self.num_codebooks, self.losses), rows)
+        logger.info("step %d eval: %s", state.step, _describe(result, self.losses))
         if checkpoint:
-            metric = result["holistic"] if self.config.loss.holistic else result["loss"]
+            metric = result[self.monitor]
             improved = metric < state.best_metric
             if improved:
                 state.best_metric, state.best_step = metric, state.step
@@ -277,7 +285,7 @@ class _Run:
 
     def _row(self, split: str, values: Mapping[str, Any]) -> dict:
         row = {"step": self.state.step, "split": split, "lr": self._lr(), "time": round(self.state.elapsed, 3)}
-        row.update({key: values[key] for key in LOSS_COLUMNS})
+        row.update({key: values[key] for key in self.losses})
         for m in range(self.num_codebooks):
             hits, ppl = values.get("hit_ratio") or [], values.get("perplexity") or []
             row[f"hit_ratio_{m + 1}"] = hits[m] if m < len(hits) else ""
@@ -418,8 +426,8 @@ def _csv_cell(value: str) -> str:
     return f'"{value}"' if "," in value else value
 
 
-def _describe(result: Mapping[str, Any]) -> str:
-    text = " ".join(f"{key}={result[key]:.4f}" for key in LOSS_COLUMNS)
+def _describe(result: Mapping[str, Any], losses: Sequence[str]) -> str:
+    text = " ".join(f"{key}={result[key]:.4f}" for key in losses)
     if result.get("hit_ratio"):
         text += " hit_ratio=" + "/".join(f"{v:.2f}" for v in result["hit_ratio"])
         text += " perplexity=" + "/".join(f"{v:.1f}" for v in result["perplexity"])
