@@ -1,0 +1,38 @@
+"""Stage 2 of CHIME (utilization): ranking models on FuxiCTR's ``BaseModel``.
+
+``get_model(name)`` returns the class of ``DIN, SimSoft, ETA, SDIM, TWIN`` or of a
+``<Model>_CHIME`` / ``<Model>_LEARN`` variant (``MODEL_NAMES``), or imports
+``"module.path:ClassName"``. Importing this package is cheap: FuxiCTR (and Ray behind it)
+is imported on the first call to :func:`get_model` / :func:`register_model`.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+_BASES = ("DIN", "SimSoft", "ETA", "SDIM", "TWIN")
+MODEL_NAMES = _BASES + tuple(f"{m}_CHIME" for m in _BASES) + tuple(f"{m}_LEARN" for m in _BASES)
+
+
+def get_model(name: str) -> type:
+    """The model class registered as ``name`` (see :mod:`fuxictr_chime.models.registry`)."""
+    from .registry import get_model as _get_model
+
+    return _get_model(name)
+
+
+def register_model(name: str, cls: type) -> None:
+    """Register a FuxiCTR ``BaseModel`` subclass under ``name``."""
+    from .registry import register_model as _register_model
+
+    _register_model(name, cls)
+
+
+def __getattr__(name: str) -> Any:  # lazy access to the model classes, e.g. models.TWIN
+    if name in MODEL_NAMES or name == "LongSeqBase":
+        from . import registry
+
+        return getattr(registry, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["get_model", "register_model", "MODEL_NAMES"]

@@ -1,0 +1,270 @@
+"""Shared plumbing of the long-sequence ranking models (utilization stage, paper section 5.1).
+
+:class:`LongSeqBase` is a FuxiCTR ``BaseModel`` that owns, once for every model:
+
+* the FuxiCTR ``FeatureEmbedding`` of the non-item, non-meta features (user and context
+  columns, and the compressed column ``chime_hist`` / ``learn_emb`` of a ``_CHIME`` /
+  ``_LEARN`` variant), and the :class:`~fuxictr_chime.models.item_table.ItemTable` that
+  embeds the target and every behavior from ``item_info.parquet``;
+* input unpacking: ``item_seq`` (B, L+1, target last) and ``seq_mask`` (B, L) from the
+  long-sequence loader become an :class:`~fuxictr_chime.models.item_table.ItemHistory`;
+* the short-sequence interest: FuxiCTR's ``DIN_Attention`` over the last ``short_len``
+  behaviors (DIN itself, and the short part of the long-sequence models as in LongCTR);
+* the final MLP (``MLP_Block`` -> sigmoid) over [target, interest vector(s), other
+  feature embeddings (incl. the compressed column of a variant)];
+* the loss (main + weighted auxiliary outputs such as SimSoft's GSU head + any
+  ``aux_loss`` in the forward's dict), the training step with gradient accumulation, and
+  periodic parameter copies (TWIN's ESU -> GSU every ``sync_every`` training batches).
+
+A subclass implements its constructor (build its layers, then call :meth:`finish`) and
+:meth:`interest` (its retrieval + attention step) and nothing else.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import TYPE_CHECKING, Any, ClassVar, Sequence
+
+import torch
+from fuxictr.pytorch.layers import DIN_Attention, FeatureEmbedding, MLP_Block
+from fuxictr.pytorch.models import BaseModel
+from torch import nn
+
+from ..errors import ConfigError, DataError
+from .item_table import DEFAULT_INITIALIZER, ItemHistory, ItemTable, item_feature_names
+
+if TYPE_CHECKING:
+    from fuxictr.features import FeatureMap
+
+logger = logging.getLogger(__name__)
+
+COMPRESSED_COLUMNS = ("chime_hist", "learn_emb")  # user-level columns of stage 1 (spec 1, 4)
+EMBEDDED_TYPES = ("categorical", "numeric", "embedding", "sequence")
+
+
+class LongSeqBase(BaseModel):
+    """Base of DIN, SimSoft, ETA, SDIM, TWIN and their ``_CHIME`` / ``_LEARN`` variants.
+
+    FuxiCTR signature. Defaults follow CHIME section 5.1: ``learning_rate=5e-4``,
+    ``short_len=30``, ``max_len=1000``; MLP ``dnn_hidden_units=(512, 128, 64)`` with
+    ReLU, no dropout, no batch norm; ``embedding_dim=16``; ``accumulation_steps=1``.
+    DIN attention (short interest): ``attention_hidden_units=(64,)`` with ``Dice``,
+    ``din_use_softmax=False``. ``item_info``: path of ``item_info.parquet`` (the dataset
+    config's key, passed through the params). FuxiCTR keys ``model_root`` (required),
+    ``verbose`` (default 1), ``metrics`` (default AUC, logloss), ``optimizer`` (adam),
+    ``loss`` (binary_crossentropy) and ``task`` are taken from ``kwargs``.
+
+    A history longer than ``max_len`` keeps its most recent ``max_len`` behaviors (logged
+    once); an empty history (all positions masked) gives zero interest vectors and a
+    finite prediction.
+    """
+
+    compressed_column: ClassVar[str | None] = None  # set by the _CHIME / _LEARN variants
+
+    def __init__(self, feature_map: "FeatureMap", model_id: str | None = None, gpu: int = -1,
+                 learning_rate: float = 5.e-4, embedding_dim: int = 16, *,
+                 short_len: int = 30, max_len: int = 1000,
+                 dnn_hidden_units: Sequence[int] = (512, 128, 64),
+                 dnn_activations: str | Sequence[str] = "ReLU", net_dropout: float = 0.0,
+                 batch_norm: bool = False, embedding_regularizer: Any = None,
+                 net_regularizer: Any = None, accumulation_steps: int = 1,
+                 attention_hidden_units: Sequence[int] = (64,),
+                 attention_hidden_activations: str = "Dice",
+                 attention_output_activation: str | None = None,
+                 attention_dropout: float = 0.0, din_use_softmax: bool = False,
+                 item_info: str | os.PathLike | None = None,
+                 embedding_initializer: str = DEFAULT_INITIALIZER, **kwargs: Any) -> None:
+        if "model_root" not in kwargs:
+            raise ConfigError(f"{type(self).__name__}: missing 'model_root' (checkpoint folder)")
+        kwargs.setdefault("verbose", 1)
+        kwargs.setdefault("metrics", ["AUC", "logloss"])
+        super().__init__(feature_map, model_id=model_id or type(self).__name__, gpu=gpu,
+                         embedding_regularizer=embedding_regularizer,
+                         net_regularizer=net_regularizer, **kwargs)
+        self._check_sizes(short_len, max_len, accumulation_steps)
+        self.short_len, self.max_len = int(short_len), int(max_len)
+        self.accumulation_steps = int(accumulation_steps)
+        self.embedding_dim = int(embedding_dim)
+        self.learning_rate = float(learning_rate)
+        self._optimizer_name = kwargs.get("optimizer", "adam")
+        self._loss_name = kwargs.get("loss", "binary_crossentropy")
+        self.dnn_kwargs = {"hidden_units": [int(u) for u in dnn_hidden_units],
+                           "hidden_activations": dnn_activations, "dropout_rates": net_dropout,
+                           "batch_norm": bool(batch_norm)}
+        self.context_features = self._context_features(feature_map)
+        self.embedding_layer = (FeatureEmbedding(feature_map, embedding_dim,
+                                                 embedding_initializer=embedding_initializer,
+                                                 required_feature_columns=self.context_features)
+                                if self.context_features else None)
+        self.context_dim = sum(_output_dim(feature_map.features[name], embedding_dim)
+                               for name in self.context_features)
+        self.item_table = ItemTable(feature_map, embedding_dim, item_info,
+                                    embedding_initializer=embedding_initializer)
+        self.item_dim = self.item_table.output_dim
+        self.short_attention = DIN_Attention(
+            self.item_dim, attention_units=[int(u) for u in attention_hidden_units],
+            hidden_activations=attention_hidden_activations,
+            output_activation=attention_output_activation, dropout_rate=attention_dropout,
+            use_softmax=bool(din_use_softmax))
+        self.aux_outputs: dict[str, float] = {}  # forward key -> loss weight
+        self.sync_every: int | None = None
+        self._copies: list[tuple[str, str]] = []  # (buffer name, parameter name)
+        self._train_batches = 0
+        self._warned_truncation = False
+        self.dnn: nn.Module | None = None
+
+    # ------------------------------------------------------------------ construction
+    @staticmethod
+    def _check_sizes(short_len: int, max_len: int, accumulation_steps: int) -> None:
+        for key, value in (("short_len", short_len), ("max_len", max_len),
+                           ("accumulation_steps", accumulation_steps)):
+            if int(value) < 1:
+                raise ConfigError(f"'{key}' must be >= 1, got {value}")
+
+    def _context_features(self, feature_map: "FeatureMap") -> list[str]:
+        """Features of the final MLP besides the item side: user/context columns, minus the
+        compressed columns this variant does not use (plain models ignore them)."""
+        column = self.compressed_column
+        if column is not None and column not in feature_map.features:
+            raise ConfigError(
+                f"model {type(self).__name__} needs the feature '{column}', which dataset "
+                f"'{feature_map.dataset_id}' lacks: add {{name: {column}, active: true, "
+                f"dtype: list, type: embedding, source: user, pretrain_dim: 64, "
+                f"embedding_dim: 16}} to the dataset config and run `fuxictr-chime compress "
+                f"export`")
+        if column is not None and feature_map.features[column].get("type") != "embedding":
+            raise ConfigError(f"feature '{column}' must be 'type: embedding' (a dense user "
+                              f"vector), got {feature_map.features[column].get('type')!r}")
+        item = set(item_feature_names(feature_map))
+        skip = {c for c in COMPRESSED_COLUMNS if c != column}
+        return [name for name, spec in feature_map.features.items()
+                if spec.get("type") in EMBEDDED_TYPES and name not in item and name not in skip]
+
+    def register_copy(self, buffer: str, parameter: str) -> None:
+        """Copy ``parameter`` (dotted name) into the buffer ``buffer`` now and every
+        ``self.sync_every`` training batches (TWIN: ESU -> GSU)."""
+        self._copies.append((buffer, parameter))
+
+    def sync_copies(self) -> None:
+        """Copy every registered parameter into its buffer."""
+        params = dict(self.named_parameters())
+        with torch.no_grad():
+            for buffer, parameter in self._copies:
+                getattr(self, buffer).copy_(params[parameter])
+
+    def finish(self, interest_dim: int) -> None:
+        """Build the final MLP for an interest vector of width ``interest_dim``, then compile,
+        initialize and move to the device (FuxiCTR's constructor tail). Subclasses call it
+        last in their constructor."""
+        input_dim = self.item_dim + int(interest_dim) + self.context_dim
+        self.dnn = MLP_Block(input_dim=input_dim, output_dim=1,
+                             output_activation=self.output_activation, **self.dnn_kwargs)
+        self.compile(self._optimizer_name, self._loss_name, self.learning_rate)
+        self.reset_parameters()
+        self.sync_copies()
+        self.model_to_device()
+
+    def make_head(self, input_dim: int) -> MLP_Block:
+        """An MLP like the final one (same hidden units), e.g. SimSoft's auxiliary head."""
+        return MLP_Block(input_dim=input_dim, output_dim=1,
+                         output_activation=self.output_activation, **self.dnn_kwargs)
+
+    # ------------------------------------------------------------------ inputs
+    def get_inputs(self, inputs: dict, feature_source: Any = None) -> dict[str, torch.Tensor]:
+        """The context features of the batch (the ones :attr:`embedding_layer` embeds)."""
+        missing = [name for name in self.context_features if name not in inputs]
+        if missing:
+            raise DataError(f"batch lacks feature column(s) {missing}; is the data loader "
+                            f"LongSeqDataLoader and is the column in the data files?")
+        return {name: inputs[name].to(self.device) for name in self.context_features}
+
+    def get_history(self, inputs: dict) -> ItemHistory:
+        """``item_seq`` / ``seq_mask`` of the batch as an :class:`ItemHistory`."""
+        for key in ("item_seq", "seq_mask"):
+            if key not in inputs:
+                raise DataError(f"batch lacks '{key}': sequence models need "
+                                f"fuxictr_chime.data.loader.LongSeqDataLoader batches")
+        item_seq = inputs["item_seq"].to(self.device)  # (B, L+1)
+        mask = inputs["seq_mask"].to(self.device).bool()  # (B, L)
+        if item_seq.dim() != 2 or mask.shape != (item_seq.shape[0], item_seq.shape[1] - 1):
+            raise DataError(f"'item_seq' must be (B, L+1) and 'seq_mask' (B, L); got "
+                            f"{tuple(item_seq.shape)} and {tuple(mask.shape)}")
+        if mask.shape[1] > self.max_len:
+            self._warn_truncation(mask.shape[1])
+            item_seq = item_seq[:, -self.max_len - 1:]  # (B, max_len+1), target kept last
+            mask = mask[:, -self.max_len:]  # (B, max_len)
+        table, inverse = self.item_table.lookup(item_seq)  # (U, D), (B, L+1)
+        return ItemHistory(table, inverse[:, :-1], mask, inverse[:, -1])
+
+    def _warn_truncation(self, length: int) -> None:
+        if not self._warned_truncation:
+            logger.warning("%s: histories of length %d exceed max_len=%d; the most recent "
+                           "%d behaviors are kept", type(self).__name__, length, self.max_len,
+                           self.max_len)
+            self._warned_truncation = True
+
+    def embed_context(self, inputs: dict, batch_size: int) -> torch.Tensor:
+        """(B, C) concatenated embeddings of the context features; (B, 0) if none."""
+        if self.embedding_layer is None:
+            return torch.zeros(batch_size, 0, device=self.device)
+        return self.embedding_layer(self.get_inputs(inputs), flatten_emb=True)  # (B, C)
+
+    # ------------------------------------------------------------------ model
+    def short_interest(self, target: torch.Tensor, history: ItemHistory) -> torch.Tensor:
+        """DIN target attention over the last ``short_len`` behaviors: (B, D)."""
+        keys, mask = history.last(self.short_len)  # (B, S, D), (B, S)
+        return self.short_attention(target, keys, mask)  # (B, D)
+
+    def interest(self, target: torch.Tensor, history: ItemHistory,
+                 context: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The model's retrieval + attention step: ``{"interest": (B, interest_dim), ...}``;
+        other keys (e.g. an auxiliary prediction) are passed to the forward's dict."""
+        raise NotImplementedError
+
+    def forward(self, inputs: dict) -> dict[str, torch.Tensor]:
+        """Batch dict -> ``{"y_pred": (B, 1), ...}`` (plus the subclass's extra outputs)."""
+        if self.dnn is None:
+            raise ConfigError(f"{type(self).__name__}: the constructor must call finish()")
+        history = self.get_history(inputs)
+        target = history.target  # (B, D)
+        context = self.embed_context(inputs, target.shape[0])  # (B, C)
+        out = self.interest(target, history, context)
+        features = torch.cat([target, out.pop("interest"), context], dim=-1)  # (B, F)
+        return {"y_pred": self.dnn(features), **out}
+
+    # ------------------------------------------------------------------ training
+    def save_weights(self, checkpoint: str) -> None:
+        """FuxiCTR's ``save_weights``, creating the checkpoint folder if needed."""
+        os.makedirs(os.path.dirname(os.path.abspath(checkpoint)), exist_ok=True)
+        super().save_weights(checkpoint)
+
+    def add_loss(self, return_dict: dict, y_true: torch.Tensor) -> torch.Tensor:
+        """Main loss + weighted losses of the auxiliary outputs + ``aux_loss`` if present."""
+        loss = self.loss_fn(return_dict["y_pred"], y_true, reduction="mean")
+        for key, weight in self.aux_outputs.items():
+            if key in return_dict and weight:
+                loss = loss + weight * self.loss_fn(return_dict[key], y_true, reduction="mean")
+        if "aux_loss" in return_dict:
+            loss = loss + return_dict["aux_loss"]
+        return loss
+
+    def train_step(self, batch_data: dict) -> torch.Tensor:
+        """Forward, backward of loss / ``accumulation_steps``; an optimizer step (with
+        gradient clipping at ``max_gradient_norm``) every ``accumulation_steps`` batches;
+        registered copies every ``sync_every`` batches. Returns the batch loss."""
+        return_dict = self.forward(batch_data)
+        loss = self.compute_loss(return_dict, self.get_labels(batch_data))
+        (loss / self.accumulation_steps).backward()
+        self._train_batches += 1
+        if self._train_batches % self.accumulation_steps == 0:
+            nn.utils.clip_grad_norm_(self.parameters(), getattr(self, "_max_gradient_norm", 10.))
+            self.optimizer.step()
+            self.optimizer.zero_grad()
+        if self._copies and self.sync_every and self._train_batches % self.sync_every == 0:
+            self.sync_copies()
+        return loss.detach()
+
+
+def _output_dim(spec: dict, embedding_dim: int) -> int:
+    """Width of one feature's embedding in FuxiCTR's ``FeatureEmbedding``."""
+    return int(spec.get("emb_output_dim", spec.get("embedding_dim", embedding_dim)))

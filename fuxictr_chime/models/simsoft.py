@@ -1,0 +1,65 @@
+"""SimSoft: SIM with soft search (Pi et al. 2020, "Search-based User Interest Modeling with
+Lifelong Sequential Behavior Data for Click-Through Rate Prediction").
+
+CHIME paper section 5.1 baseline, in the LongCTR setup:
+
+* GSU (soft search): relevance r_l = <W_a e_target, W_b e_l> / sqrt(A) of the target
+  with every behavior of the long sequence (up to ``max_len`` = 1000), in a learned
+  projection of width ``attention_dim``;
+* the top ``topk`` (50) behaviors by r go to the ESU, a multi-head target attention;
+* GSU and ESU are trained jointly: the GSU's softmax(r)-weighted sum of the whole
+  sequence feeds an auxiliary CTR head (an MLP like the final one, on [target, pooled
+  sequence, other features]) whose log loss is added with weight ``aux_weight`` (1.0);
+* plus the DIN short-sequence interest over the last ``short_len`` behaviors.
+"""
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from .base import LongSeqBase
+from .item_table import ItemHistory
+from .retrieval import TargetAttention, masked_softmax, topk_gather
+
+if TYPE_CHECKING:
+    from fuxictr.features import FeatureMap
+
+
+class SimSoft(LongSeqBase):
+    """SIM soft search. Defaults: ``topk=50``, ``attention_dim=64``, ``num_heads=1``,
+    ``attention_dropout=0``, ``aux_weight=1.0``; base defaults in :class:`LongSeqBase`."""
+
+    def __init__(self, feature_map: "FeatureMap", model_id: str | None = None, gpu: int = -1,
+                 *, topk: int = 50, attention_dim: int = 64, num_heads: int = 1,
+                 attention_dropout: float = 0.0, aux_weight: float = 1.0,
+                 **kwargs: Any) -> None:
+        super().__init__(feature_map, model_id, gpu, attention_dropout=attention_dropout,
+                         **kwargs)
+        self.topk = int(topk)
+        self.gsu_query = nn.Linear(self.item_dim, attention_dim, bias=False)  # W_a
+        self.gsu_key = nn.Linear(self.item_dim, attention_dim, bias=False)  # W_b
+        self.gsu_scale = math.sqrt(attention_dim)
+        self.esu = TargetAttention(self.item_dim, attention_dim, num_heads, attention_dropout)
+        self.aux_head = self.make_head(2 * self.item_dim + self.context_dim)
+        self.aux_outputs = {"y_aux": float(aux_weight)}
+        self.finish(interest_dim=2 * self.item_dim)
+
+    def interest(self, target: torch.Tensor, history: ItemHistory,
+                 context: torch.Tensor) -> dict[str, torch.Tensor]:
+        # <W_a t, W_b h> = h . (W_b^T W_a t): one (B, D) query instead of (B, L, A) keys
+        query = self.gsu_query(target) @ self.gsu_key.weight / self.gsu_scale  # (B, D)
+        out = {}
+        if self.training:  # the auxiliary GSU head needs the whole sequence with gradient
+            seq = history.dense()  # (B, L, D)
+            scores = torch.einsum("bld,bd->bl", seq, query)  # (B, L)
+            pooled = torch.einsum("bl,bld->bd", masked_softmax(scores, history.mask), seq)
+            out["y_aux"] = self.aux_head(torch.cat([target, pooled, context], dim=-1))
+        else:
+            scores = history.dot(query.detach())  # (B, L), chunked
+        rows, rows_mask = topk_gather(scores, history.mask, self.topk, history.index)
+        long = self.esu(target, history.rows(rows), rows_mask)  # (B, D)
+        out["interest"] = torch.cat([self.short_interest(target, history), long], dim=-1)
+        return out
