@@ -1,4 +1,4 @@
-"""``fuxictr-chime prepare NAME --out DIR``: raw data -> prepared dataset folder (argument parsing only).
+"""``fuxictr-chime prepare NAME --out DIR``: raw data -> prepared folder (argument parsing only).
 
 The work is done by :func:`fuxictr_chime.data.preparers.prepare`; heavy imports (pandas,
 transformers) happen inside the command function so ``--help`` stays fast.
@@ -37,7 +37,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     source.add_argument("--source", metavar="DIR",
                         help="same as --raw (movielens: a RecBole-format folder; "
                              "default the ml-100k folder of the recbole wheel)")
-    parser.add_argument("--t1", metavar="X", help="start of the train window (default per preparer)")
+    parser.add_argument("--t1", metavar="X",
+                        help="start of the train window (default per preparer)")
     parser.add_argument("--t2", metavar="X", help="start of the test window (default per preparer)")
     parser.add_argument("--valid-ratio", type=float, default=0.1, metavar="F",
                         help="share of the train window held out as valid, by time (default 0.1)")

@@ -105,8 +105,9 @@ def _check_options(name: str, load, options: dict) -> None:
     params = inspect.signature(load).parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return
-    accepted = [p for p, spec in params.items() if spec.kind is inspect.Parameter.KEYWORD_ONLY
-                or (spec.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD and p != next(iter(params)))]
+    first = next(iter(params), None)  # the raw folder
+    accepted = [p for p, spec in params.items() if p != first and spec.kind in (
+        inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)]
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         raise ConfigError(f"preparer '{name}': unknown option(s) {unknown}; "

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -57,7 +57,7 @@ class PreparedTables:
     representation: pa.Table
     config: dict
     summary: dict
-    representation_times: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
+    representation_times: np.ndarray  # (R,) time of every representation event (leakage guard)
 
 
 @dataclass
@@ -68,7 +68,9 @@ class _Encoded:
     item: np.ndarray      # (N,) int64 item_index 1..I
     time: np.ndarray      # (N,) int64
     label: np.ndarray     # (N,) int8 +1 / -1
-    order: np.ndarray     # (N,) row positions sorted by (user, time, log position)
+    key: np.ndarray       # (N,) int64 user * R + rank(time), R = number of distinct times
+    order: np.ndarray     # (N,) rows sorted by (user, time, log position)
+    chrono: np.ndarray    # (N,) rows sorted by (time, user, log position)
     n_users: int
     item_rows: np.ndarray  # (I,) row of log.items for item_index 1..I
 
@@ -121,7 +123,7 @@ def build_tables(log: BehaviorLog, split: Split, *, max_len: int = 1000,
     context, context_specs = _context_columns(log, dataset_id)
     splits, stats = {}, {}
     for part in RANKING_PARTS:
-        rows = _chronological(split.rows(part), enc)
+        rows = enc.chrono[split.parts[enc.chrono] == PART_NAMES.index(part)]  # time order
         splits[part] = _split_table(rows, enc, seq_len, context)
         stats[part] = sample_stats(enc.user[rows], enc.item[rows], seq_len[rows],
                                    enc.label[rows] > 0, int(max_len))
@@ -153,20 +155,25 @@ def _check_reserved(log: BehaviorLog, dataset_id: str) -> None:
 
 
 def encode_values(values: pd.Series | np.ndarray) -> tuple[np.ndarray, int]:
-    """Encode raw values as 1..V (sorted order when sortable; missing -> 0); return (codes, V + 1)."""
+    """Codes 1..V of raw values (sorted order when sortable; missing -> 0), and V + 1."""
+    codes, uniques = _factorize(values)
+    return codes, len(uniques) + 1
+
+
+def _factorize(values: pd.Series | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(1-based codes int64, raw value of code k + 1 at position k)."""
     try:
         codes, uniques = pd.factorize(values, sort=True)
     except TypeError:  # mixed types that cannot be compared
         codes, uniques = pd.factorize(values, sort=False)
-    return codes.astype(np.int64) + 1, len(uniques) + 1
+    return codes.astype(np.int64) + 1, np.asarray(uniques)
 
 
 def _encode_events(log: BehaviorLog) -> _Encoded:
     events = log.events
-    user, n_users_plus = encode_values(events["user_id"])
-    item, _ = encode_values(events["item_id"])
-    raw_items = _raw_items_in_index_order(events["item_id"], item)
-    item_rows = pd.Index(log.items["item_id"]).get_indexer(raw_items)
+    user, raw_users = _factorize(events["user_id"])
+    item, raw_items = _factorize(events["item_id"])
+    item_rows = pd.Index(log.items["item_id"]).get_indexer(raw_items)  # (I,)
     if (item_rows < 0).any():
         missing = raw_items[item_rows < 0][0]
         missing = missing.item() if isinstance(missing, np.generic) else missing
@@ -174,15 +181,17 @@ def _encode_events(log: BehaviorLog) -> _Encoded:
                         f"found in the item table (check the item_id dtypes of both tables)")
     time = events["timestamp"].to_numpy().astype(np.int64)
     label = events["label"].to_numpy().astype(np.int8)
-    order = np.lexsort((np.arange(len(time)), time, user))  # by user, then time, then log order
-    return _Encoded(user=user, item=item, time=time, label=label, order=order,
-                    n_users=n_users_plus - 1, item_rows=item_rows)
-
-
-def _raw_items_in_index_order(raw: pd.Series, codes: np.ndarray) -> np.ndarray:
-    """Raw item id of item_index 1..I (codes are 1-based)."""
-    first = np.unique(codes, return_index=True)[1]  # first event of each code, codes ascending
-    return raw.to_numpy()[first]
+    distinct, time_rank = np.unique(time, return_inverse=True)  # (R,), (N,)
+    n_users = len(raw_users)
+    if (n_users + 1) * len(distinct) >= np.iinfo(np.int64).max:
+        raise DataError(f"{log.name}: too many users x distinct timestamps to index "
+                        f"({n_users} x {len(distinct)})")
+    time_rank = time_rank.astype(np.int64).reshape(-1)  # (N,)
+    key = user * np.int64(len(distinct)) + time_rank  # (N,) orders by (user, time)
+    order = np.argsort(key, kind="stable")  # stable: ties keep the log order
+    chrono = np.argsort(time_rank * np.int64(n_users + 1) + user, kind="stable")
+    return _Encoded(user=user, item=item, time=time, label=label, key=key, order=order,
+                    chrono=chrono, n_users=n_users, item_rows=item_rows)
 
 
 def _histories(enc: _Encoded) -> tuple[np.ndarray, pa.Table]:
@@ -193,20 +202,18 @@ def _histories(enc: _Encoded) -> tuple[np.ndarray, pa.Table]:
     counts exactly the user's positives strictly before t (same time is not before).
     """
     positives = enc.order[enc.label[enc.order] > 0]  # (P,) sorted by (user, time, log order)
-    distinct, time_rank = np.unique(enc.time, return_inverse=True)
-    if (enc.n_users + 1) * len(distinct) >= np.iinfo(np.int64).max:
-        raise DataError(f"too many users x distinct timestamps to index "
-                        f"({enc.n_users} x {len(distinct)})")
-    key = enc.user * np.int64(len(distinct)) + time_rank.astype(np.int64)  # (N,)
     counts = np.bincount(enc.user[positives], minlength=enc.n_users + 1)  # (U+1,)
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)  # (U+2,)
-    seq_len = np.searchsorted(key[positives], key, side="left") - offsets[enc.user]  # (N,)
+    sorted_keys = enc.key[enc.order]  # (N,) ascending: queries in order run cache-friendly
+    before = np.searchsorted(enc.key[positives], sorted_keys, side="left")  # (N,)
+    seq_len = np.empty(len(enc.key), dtype=np.int64)
+    seq_len[enc.order] = before - offsets[enc.user[enc.order]]  # (N,)
     user_info = pa.table({
         "user_index": np.arange(enc.n_users + 1, dtype=np.int64),
         "full_item_seq": list_column(offsets, enc.item[positives], pa.int64()),
         "full_time_seq": list_column(offsets, enc.time[positives], pa.int64()),
     })
-    return seq_len.astype(np.int64), user_info
+    return seq_len, user_info
 
 
 def _item_info(log: BehaviorLog, enc: _Encoded, dataset_id: str) -> tuple[pa.Table, list[dict]]:
@@ -264,11 +271,6 @@ def _context_columns(log: BehaviorLog, dataset_id: str) -> tuple[dict[str, np.nd
             specs.append({"name": col, "active": True, "dtype": "int", "type": "categorical",
                           "vocab_size": int(vocab)})
     return columns, specs
-
-
-def _chronological(rows: np.ndarray, enc: _Encoded) -> np.ndarray:
-    """``rows`` sorted by (time, user, log position)."""
-    return rows[np.lexsort((rows, enc.user[rows], enc.time[rows]))]
 
 
 def _split_table(rows: np.ndarray, enc: _Encoded, seq_len: np.ndarray,
