@@ -96,9 +96,8 @@ def load_experiment(config_dir: str | os.PathLike, expid: str,
         path, cls = str(params["model"]).rsplit(":", 1)
         params["model"] = f"{_resolve(path, source)}:{cls}"
     _check_floats(params, source)
-    for key in ("model",):
-        if not params.get(key):
-            raise ConfigError(f"{source}: experiment '{expid}' has no '{key}'")
+    if not params.get("model"):
+        raise ConfigError(f"{source}: experiment '{expid}' has no 'model'")
     return params
 
 
@@ -162,12 +161,14 @@ def required_features(model_name: str, model_cls: type | None = None) -> list[st
     """Feature columns a model needs beyond the dataset's basics.
 
     ``<Model>_CHIME`` needs ``chime_hist``, ``<Model>_LEARN`` needs ``learn_emb`` (spec
-    section 5); a class may add its own through a ``required_features`` attribute.
+    section 5); a class may declare more through its ``compressed_column`` (the
+    registry's variants do) or a ``required_features`` list attribute.
     """
     needed = [col for suffix, col in COMPRESSED_COLUMNS.items() if model_name.endswith(suffix)]
-    extra = getattr(model_cls, "required_features", None) if model_cls is not None else None
-    if isinstance(extra, (list, tuple)):
-        needed.extend(str(x) for x in extra if str(x) not in needed)
+    column = getattr(model_cls, "compressed_column", None)
+    extra = list(getattr(model_cls, "required_features", None) or []) + \
+        ([column] if isinstance(column, str) else [])
+    needed.extend(str(x) for x in extra if str(x) not in needed)
     return needed
 
 

@@ -1,0 +1,122 @@
+"""The model zoo's configs: FuxiCTR reads them unchanged and every experiment is runnable.
+
+For every ``model_zoo/<Model>/config`` folder and every experiment id in it:
+``fuxictr.utils.load_config`` merges it (FuxiCTR's own loader, through the ``dataset_config``
+symlink), its ``model`` is a registered name, its ``dataset_id`` is a block of
+``dataset_configs/*.yaml``, the paper settings hold, and every key is either a run/FuxiCTR key
+or a parameter of the model class (a misspelled key would otherwise vanish into ``**kwargs``).
+"""
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fuxictr_chime.models import runner
+
+REPO = Path(__file__).resolve().parents[2]
+ZOO_MODELS = ("DIN", "SimSoft", "ETA", "SDIM", "TWIN")
+DATASETS = ("movielens", "microvideo", "tmall", "ebnerd")
+PAPER_DATASETS = ("microvideo", "tmall", "ebnerd")
+CONFIG_DIRS = [REPO / "model_zoo" / m / "config" for m in ZOO_MODELS] + [REPO / "examples" / "config"]
+# keys used by the runner, FuxiCTR's BaseModel/fit, the data loader or the autotuner
+RUN_KEYS = {
+    "model", "dataset_id", "model_root", "num_workers", "verbose", "early_stop_patience",
+    "pickle_feature_encoder", "save_best_only", "eval_steps", "debug_mode", "group_id",
+    "use_features", "feature_specs", "feature_config", "metrics", "monitor", "monitor_mode",
+    "task", "loss", "optimizer", "batch_size", "epochs", "shuffle", "seed", "max_len",
+    "learning_rate", "embedding_regularizer", "net_regularizer", "embedding_dim",
+}
+
+
+def _expids(config_dir: Path) -> list[tuple[Path, str]]:
+    return [(config_dir, e) for e in runner.list_experiments(config_dir)]
+
+
+ALL = [pair for d in CONFIG_DIRS for pair in _expids(d)]
+
+
+def _dataset_ids() -> set[str]:
+    ids = set()
+    for path in (REPO / "dataset_configs").glob("*.yaml"):
+        ids |= set(yaml.safe_load(path.read_text()) or {})
+    return ids
+
+
+def test_every_zoo_model_has_all_experiments():
+    for model in ZOO_MODELS:
+        ids = set(runner.list_experiments(REPO / "model_zoo" / model / "config"))
+        expected = {f"{model}{v}_{d}" for v in ("", "_CHIME", "_LEARN") for d in DATASETS}
+        assert ids == expected, model
+        assert (REPO / "model_zoo" / model / "config" / "dataset_config").resolve() == \
+            (REPO / "dataset_configs").resolve()
+
+
+@pytest.mark.parametrize("config_dir,expid", ALL, ids=[f"{d.parent.name}/{e}" for d, e in ALL])
+def test_fuxictr_load_config_and_registry(config_dir, expid):
+    from fuxictr.utils import load_config
+
+    params = load_config(str(config_dir), expid)  # FuxiCTR's own loader, unchanged
+    assert params["model_id"] == expid
+    assert params["dataset_id"] in _dataset_ids()
+    assert params["group_id"] == "user_index"
+    assert params["metrics"] == ["AUC", "gAUC", "logloss"]
+    ours = runner.load_experiment(config_dir, expid)
+    model_cls = runner.load_model_class(ours["model"])
+    column = {"_CHIME": "chime_hist", "_LEARN": "learn_emb"}
+    for suffix, name in column.items():
+        active = {"name": name, "active": True} in (params.get("feature_specs") or [])
+        assert active == (suffix in expid), (expid, params.get("feature_specs"))
+    if config_dir.parent.name in ZOO_MODELS:
+        assert ours["model"] == expid.rsplit("_", 1)[0]
+        assert model_cls.__name__ == ours["model"]
+    unknown = set(params) - RUN_KEYS - _init_parameters(model_cls) - \
+        _dataset_keys(config_dir, params["dataset_id"])
+    assert not unknown, f"{expid}: keys not used by {model_cls.__name__}: {sorted(unknown)}"
+
+
+@pytest.mark.parametrize("model", ZOO_MODELS)
+def test_paper_settings(model):
+    """CHIME section 5.1: lr 5e-4, batch 2048, short 30, long 1000, SDIM 48x3, TWIN sync 100."""
+    for ds in PAPER_DATASETS:
+        params = runner.load_experiment(REPO / "model_zoo" / model / "config", f"{model}_{ds}")
+        assert params["learning_rate"] == 5.e-4 and params["batch_size"] == 2048
+        assert params["short_len"] == 30 and params["max_len"] == 1000
+        assert params["early_stop_patience"] >= 1 and params["epochs"] >= 10
+        if model in ("SimSoft", "ETA", "TWIN"):
+            assert params["topk"] == 50
+        if model == "SDIM":
+            assert (params["num_hashes"], params["hash_bits"]) == (48, 3)
+        if model == "TWIN":
+            assert params["sync_every"] == 100
+
+
+def _init_parameters(cls: type) -> set[str]:
+    names = set()
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is not None:
+            names |= {p for p in inspect.signature(init).parameters if p not in ("self",)}
+    return names
+
+
+def _dataset_keys(config_dir: Path, dataset_id: str) -> set[str]:
+    from fuxictr_chime.data.features import load_dataset_params
+
+    return set(load_dataset_params(config_dir, dataset_id))
+
+
+def test_tuner_example_refers_to_a_zoo_experiment():
+    from fuxictr.utils import load_model_config
+
+    tuner = yaml.safe_load((REPO / "model_zoo" / "tuner" / "DIN_movielens_tuner.yaml").read_text())
+    base = load_model_config(str(REPO / "model_zoo" / "tuner"), tuner["base_expid"])
+    assert base["dataset_id"] == tuner["dataset_id"]
+    assert set(tuner["tuner_space"]) <= set(base)  # enumerate_params' key check
+    values = [v if isinstance(v, list) else [v] for v in tuner["tuner_space"].values()]
+    n = 1
+    for v in values:
+        n *= len(v)
+    assert n == 2  # two tiny configurations
