@@ -2,7 +2,9 @@
 
 Builds a random BehaviorLog in memory (default: 6040 users, 3706 items, 1,000,000 events, a
 384-d item vector as MovieLens' title_emb; no real data, no text encoder), then times
-``split_by_time`` and ``write_prepared`` into a temporary folder, and appends a row to
+``split_by_time`` and ``write_prepared`` into a temporary folder; with ``--recbole`` it also
+writes the log as RecBole atomic files (ml-1m style headers) and times the MovieLens reader
+``movielens.load(encode_titles=False)`` on them. Appends a row to
 benchmarks/results/bench_prepare.csv.
 
     .venv/bin/python benchmarks/bench_prepare.py
@@ -19,6 +21,7 @@ import tempfile
 import time
 from datetime import datetime, timezone
 
+import numpy as np
 import torch
 
 from fuxictr_chime.data.split import split_by_time
@@ -37,6 +40,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--dense-dim", type=int, default=384, help="item vector width (0: none)")
     parser.add_argument("--t1", default="q0.5")
     parser.add_argument("--t2", default="q0.8")
+    parser.add_argument("--recbole", action="store_true",
+                        help="also time reading the log back from RecBole atomic files")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--results", default=RESULTS, help="CSV to append to")
     return parser.parse_args(argv)
@@ -55,9 +60,29 @@ def run(args) -> dict:
         start = time.perf_counter()
         write_prepared(log, split, folder)  # computing again + writing every file
         t_write = time.perf_counter() - start
-    return {"split_s": round(t_split, 3), "build_tables_s": round(t_build, 3),
-            "write_prepared_s": round(t_write, 3),
-            "events_per_s": round(args.events / (t_split + t_write), 1)}
+    row = {"split_s": round(t_split, 3), "build_tables_s": round(t_build, 3),
+           "write_prepared_s": round(t_write, 3),
+           "events_per_s": round(args.events / (t_split + t_write), 1),
+           "recbole_load_s": time_recbole_load(log) if args.recbole else ""}
+    return row
+
+
+def time_recbole_load(log) -> float:
+    """Seconds of ``movielens.load(encode_titles=False)`` on ``log`` written as atomic files."""
+    from fuxictr_chime.data import movielens
+
+    with tempfile.TemporaryDirectory(prefix="bench_prepare_recbole_") as folder:
+        ev = log.events
+        inter = ev[["user_id", "item_id"]].assign(
+            rating=np.where(ev["label"].to_numpy() > 0, 5, 2), timestamp=ev["timestamp"])
+        inter.columns = ["user_id:token", "item_id:token", "rating:float", "timestamp:float"]
+        inter.to_csv(os.path.join(folder, "synthetic.inter"), sep="\t", index=False)
+        items = log.items[["item_id"]].assign(movie_title="t", genre=log.items["cate_id"])
+        items.columns = ["item_id:token", "movie_title:token_seq", "genre:token_seq"]
+        items.to_csv(os.path.join(folder, "synthetic.item"), sep="\t", index=False)
+        start = time.perf_counter()
+        movielens.load(folder, encode_titles=False)
+        return round(time.perf_counter() - start, 3)
 
 
 def append_row(path: str, row: dict) -> None:

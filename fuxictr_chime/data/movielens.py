@@ -18,18 +18,20 @@ frozen MiniLM (384-d, :mod:`fuxictr_chime.data.text_encoder`) unless ``encode_ti
 """
 from __future__ import annotations
 
-import csv
 import importlib.util
 import logging
 import os
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 import pandas as pd
 
 from ..errors import DataError
 from .log import BehaviorLog
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 logger = logging.getLogger(__name__)
 
@@ -109,31 +111,58 @@ def _atomic_files(folder: Path) -> tuple[Path, Path]:
     return found["inter"], found["item"]
 
 
-def read_atomic(path: Path) -> pd.DataFrame:
-    """A RecBole atomic file as strings, header ``name:type`` reduced to ``name``."""
+def read_atomic(path: Path) -> "pa.Table":
+    """A RecBole atomic file as a table of strings, header ``name:type`` reduced to ``name``."""
+    import pyarrow as pa
+    import pyarrow.csv as pcsv
+
     try:
-        frame = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False,
-                            quoting=csv.QUOTE_NONE, engine="c")
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        with open(path, encoding="utf-8") as fh:
+            header = fh.readline().rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: cannot read: {exc}") from exc
+    if not header.strip():
+        raise DataError(f"{path}: empty file (expected a header of 'name:type' cells)")
+    names = [cell.split(":", 1)[0].strip() for cell in header.split("\t")]
+    try:
+        return pcsv.read_csv(
+            path, read_options=pcsv.ReadOptions(column_names=names, skip_rows=1),
+            parse_options=pcsv.ParseOptions(delimiter="\t", quote_char=False),
+            convert_options=pcsv.ConvertOptions(
+                column_types={name: pa.string() for name in names}, strings_can_be_null=False))
+    except pa.ArrowInvalid as exc:
+        if "Empty CSV file" in str(exc):
+            return pa.table({name: pa.array([], pa.string()) for name in names})
         raise DataError(f"{path}: cannot parse as a tab-separated RecBole atomic file: "
                         f"{exc}") from exc
-    frame.columns = [str(c).split(":", 1)[0].strip() for c in frame.columns]
-    return frame
 
 
-def _require(frame: pd.DataFrame, path: Path, needed: Sequence[str]) -> None:
-    missing = [c for c in needed if c not in frame.columns]
+def _require(table: "pa.Table", path: Path, needed: Sequence[str]) -> None:
+    missing = [c for c in needed if c not in table.column_names]
     if missing:
-        raise DataError(f"{path}: missing column(s) {missing}; found {list(frame.columns)} "
+        raise DataError(f"{path}: missing column(s) {missing}; found {table.column_names} "
                         f"(header cells 'name:type', e.g. 'user_id:token')")
 
 
-def _ids(values: pd.Series) -> pd.Series:
-    """Raw id tokens: int64 when every token is an integer, else the strings."""
-    numbers = pd.to_numeric(values, errors="coerce")
-    if numbers.notna().all() and (numbers == np.floor(numbers)).all():
-        return numbers.astype(np.int64)
-    return values.astype(object)
+def _tokens(table: "pa.Table", column: str, path: Path):
+    """Column ``column`` with surrounding blanks removed; DataError if a value is empty."""
+    import pyarrow.compute as pc
+
+    values = pc.utf8_trim_whitespace(table.column(column))
+    if len(values) and pc.any(pc.equal(values, "")).as_py():
+        raise DataError(f"{path}: column '{column}' has empty values")
+    return values
+
+
+def _ids(tokens) -> np.ndarray:
+    """Raw id tokens: int64 when every token is an integer, else the strings (object array)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    try:
+        return pc.cast(tokens, pa.int64()).to_numpy()
+    except pa.ArrowInvalid:
+        return tokens.to_numpy(zero_copy_only=False).astype(object)
 
 
 def _plain(value: object) -> object:
@@ -141,51 +170,62 @@ def _plain(value: object) -> object:
     return value.item() if isinstance(value, np.generic) else value
 
 
-def _numbers(frame: pd.DataFrame, column: str, path: Path) -> np.ndarray:
-    values = pd.to_numeric(frame[column].str.strip(), errors="coerce").to_numpy(np.float64)
+def _numbers(table: "pa.Table", column: str, path: Path) -> np.ndarray:
+    """Column ``column`` as float64; DataError naming the first row that is not a number."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    tokens = pc.utf8_trim_whitespace(table.column(column))
+    try:
+        values = pc.cast(tokens, pa.float64()).to_numpy()
+    except pa.ArrowInvalid:
+        values = pd.to_numeric(pd.Series(tokens.to_numpy(zero_copy_only=False)),
+                               errors="coerce").to_numpy(np.float64)
     bad = np.flatnonzero(~np.isfinite(values))
     if len(bad):
         raise DataError(f"{path}: column '{column}' row {int(bad[0]) + 1} is not a number: "
-                        f"{frame[column].iloc[bad[0]]!r}")
+                        f"{tokens[int(bad[0])].as_py()!r}")
     return values
 
 
 def _read_events(path: Path) -> pd.DataFrame:
-    frame = read_atomic(path)
-    _require(frame, path, INTER_COLUMNS)
-    if len(frame) == 0:
+    table = read_atomic(path)
+    _require(table, path, INTER_COLUMNS)
+    if table.num_rows == 0:
         raise DataError(f"{path}: no interactions")
-    for col in ("user_id", "item_id"):
-        if (frame[col].str.strip() == "").any():
-            raise DataError(f"{path}: column '{col}' has empty values")
-    rating = _numbers(frame, "rating", path)
-    events = pd.DataFrame({
-        "user_id": _ids(frame["user_id"].str.strip()),
-        "item_id": _ids(frame["item_id"].str.strip()),
-        "timestamp": _numbers(frame, "timestamp", path).astype(np.int64),
+    rating = _numbers(table, "rating", path)
+    return pd.DataFrame({
+        "user_id": _ids(_tokens(table, "user_id", path)),
+        "item_id": _ids(_tokens(table, "item_id", path)),
+        "timestamp": _numbers(table, "timestamp", path).astype(np.int64),
         "label": np.where(rating >= CLICK_RATING, 1, -1).astype(np.int8),
     })
-    return events
 
 
 def sort_events(events: pd.DataFrame) -> pd.DataFrame:
     """Events grouped by user, each user's events in stable (timestamp, item) order."""
-    order = np.lexsort((np.arange(len(events)),
-                        pd.factorize(events["item_id"], sort=True)[0],
-                        events["timestamp"].to_numpy(),
-                        pd.factorize(events["user_id"], sort=True)[0]))
+    user = pd.factorize(events["user_id"], sort=True)[0].astype(np.int64)  # (N,)
+    item = pd.factorize(events["item_id"], sort=True)[0].astype(np.int64)  # (N,)
+    times, time_rank = np.unique(events["timestamp"].to_numpy(), return_inverse=True)
+    sizes = (int(user.max(initial=0)) + 1, len(times), int(item.max(initial=0)) + 1)
+    if sizes[0] * sizes[1] * sizes[2] < np.iinfo(np.int64).max:
+        key = (user * sizes[1] + time_rank.reshape(-1)) * sizes[2] + item  # (N,) one int64 key
+        order = np.argsort(key, kind="stable")  # exact duplicates keep the file order
+    else:
+        order = np.lexsort((np.arange(len(user)), item, time_rank.reshape(-1), user))
     return events.iloc[order].reset_index(drop=True)
 
 
 def _read_items(path: Path) -> pd.DataFrame:
-    frame = read_atomic(path)
-    genre = next((c for c in GENRE_COLUMNS if c in frame.columns), None)
-    _require(frame, path, ("item_id", "movie_title", genre or "class (or genre)"))
-    first = frame[genre].str.replace("|", " ", regex=False).str.split().str[0]
+    table = read_atomic(path)
+    genre = next((c for c in GENRE_COLUMNS if c in table.column_names), None)
+    _require(table, path, ("item_id", "movie_title", genre or "class (or genre)"))
+    genres = pd.Series(table.column(genre).to_pylist(), dtype=object)
+    first = genres.str.replace("|", " ", regex=False).str.split().str[0]
     items = pd.DataFrame({
-        "item_id": _ids(frame["item_id"].str.strip()),
+        "item_id": _ids(_tokens(table, "item_id", path)),
         "cate_id": first.fillna(NO_GENRE).astype(object),
-        "movie_title": frame["movie_title"].str.strip(),
+        "movie_title": [t.strip() for t in table.column("movie_title").to_pylist()],
     })
     if items["item_id"].duplicated().any():
         dup = items.loc[items["item_id"].duplicated(), "item_id"].iloc[0]
