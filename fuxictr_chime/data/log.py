@@ -69,7 +69,7 @@ class BehaviorLog:
 
 def check_dense_column(values: pd.Series, width: int, where: str) -> np.ndarray:
     """Stack a column of 1-D vectors into (N, width) float32; DataError on bad width / NaN."""
-    lengths = values.map(lambda v: -1 if v is None else len(v)).to_numpy()
+    lengths = values.map(lambda v: len(v) if hasattr(v, "__len__") else -1).to_numpy()
     wrong = np.flatnonzero(lengths != width)
     if len(wrong):
         i = int(wrong[0])

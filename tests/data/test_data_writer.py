@@ -14,7 +14,7 @@ import yaml
 
 from fuxictr_chime.data.split import REPRESENTATION, Split, split_by_time
 from fuxictr_chime.data.synthetic import synthetic_log
-from fuxictr_chime.data.writer import write_prepared
+from fuxictr_chime.data.writer import build_tables, write_prepared
 from fuxictr_chime.errors import ConfigError, DataError, LeakageError
 
 from .conftest import TINY_EXPECTED, TINY_T1, TINY_T2, make_tiny_log
@@ -173,6 +173,8 @@ def test_dataset_config_and_summary(tmp_path):
     log = make_tiny_log(dense_width=3)
     summary = _prepare(log, tmp_path, max_len=2, dataset_id="tiny_ds")
     config = yaml.safe_load((tmp_path / "dataset_config.yaml").read_text())
+    assert config == build_tables(log, split_by_time(log, TINY_T1, TINY_T2, 0.3), max_len=2,
+                                  dataset_id="tiny_ds").config  # YAML round trip keeps types
     block = config["tiny_ds"]
     assert block["rebuild_dataset"] is False and block["data_format"] == "parquet"
     assert block["max_len"] == 2 and block["label_col"] == {"name": "label", "dtype": "float"}
@@ -231,6 +233,10 @@ def test_failed_prepare_writes_nothing(tmp_path):
     with pytest.raises(DataError, match="'title_emb'.*width 4"):
         _prepare(log, out)
     assert os.listdir(out) == ["summary.json"] and (out / "summary.json").read_text() == "old"
+    log.items["title_emb"] = log.items["title_emb"].astype(object)
+    log.items.at[2, "title_emb"] = np.nan  # an item without a vector at all
+    with pytest.raises(DataError, match="'title_emb'.*row 2 has none"):
+        _prepare(log, out)
 
 
 def test_leakage_guard_runs_before_writing(tmp_path):
