@@ -149,7 +149,11 @@ def keep_long_histories(events: pd.DataFrame, min_user_actions: int, source: str
 
 def sort_events(events: pd.DataFrame) -> pd.DataFrame:
     """Events in (user_id, timestamp) order; ties keep their input order (stable)."""
-    return events.sort_values(["user_id", "timestamp"], kind="stable").reset_index(drop=True)
+    users = events["user_id"].to_numpy()
+    if users.dtype.kind not in "iu":
+        return events.sort_values(["user_id", "timestamp"], kind="stable").reset_index(drop=True)
+    order = np.lexsort((events["timestamp"].to_numpy(), users))  # stable, last key primary
+    return events.take(order).reset_index(drop=True)
 
 
 def check_finite(matrix: np.ndarray, ids: np.ndarray, where: str) -> None:
@@ -233,22 +237,44 @@ def attach_vectors(items: pd.DataFrame, column: str, vectors: np.ndarray, found:
     return items
 
 
-def first_value_per_item(frame: pd.DataFrame, columns: Sequence[str], source: str) -> pd.DataFrame:
-    """One row per ``item_id``: each attribute's most frequent value (ties: smallest).
+def most_frequent_per_item(frame: pd.DataFrame, columns: Sequence[str], source: str
+                           ) -> pd.DataFrame:
+    """One row per ``item_id`` (sorted): each attribute's most frequent value, ties -> smallest.
 
-    Logs how many items carry conflicting values in the raw log.
+    Vectorized: (item, value) codes -> ``np.unique`` counts -> first maximum per item group.
+    Logs how many items carry several values in the raw log.
     """
-    out = frame[["item_id"]].drop_duplicates().set_index("item_id")
+    item_codes, item_ids = pd.factorize(frame["item_id"], sort=True)
+    out = {"item_id": np.asarray(item_ids)}
     for col in columns:
-        counts = frame.groupby(["item_id", col], sort=True).size().rename("n").reset_index()
-        counts = counts.sort_values(["item_id", "n"], ascending=[True, False], kind="stable")
-        top = counts.drop_duplicates("item_id").set_index("item_id")[col]
-        conflicts = int((counts["item_id"].value_counts() > 1).sum())
+        value_codes, values = pd.factorize(frame[col], sort=True)
+        if (value_codes < 0).any():
+            raise DataError(f"{source}: item attribute '{col}' has missing values")
+        pairs, counts = np.unique(item_codes.astype(np.int64) * len(values) + value_codes,
+                                  return_counts=True)  # sorted by (item, value)
+        item_of = pairs // len(values)  # (P,)
+        starts = np.flatnonzero(np.r_[True, item_of[1:] != item_of[:-1]])  # (I,)
+        sizes = np.diff(np.r_[starts, len(pairs)])  # (I,)
+        best = np.repeat(np.maximum.reduceat(counts, starts), sizes)  # (P,)
+        top = np.flatnonzero(counts == best)
+        top = top[np.r_[True, item_of[top][1:] != item_of[top][:-1]]]  # first max per item
+        out[col] = np.asarray(values)[pairs[top] % len(values)]
+        conflicts = int((sizes > 1).sum())
         if conflicts:
             logger.info("%s: %d item(s) have several '%s' values; kept the most frequent",
                         source, conflicts, col)
-        out[col] = top.reindex(out.index).to_numpy()
-    return out.reset_index()
+    return pd.DataFrame(out)
+
+
+def first_occurrence(*columns: pd.Series | np.ndarray) -> np.ndarray:
+    """Bool mask (N,): True at the first occurrence of each row tuple of ``columns``."""
+    key = np.zeros(len(columns[0]), np.int64)
+    for col in columns:
+        codes, uniques = pd.factorize(col)
+        if len(key) and (int(key.max()) + 1) * max(len(uniques), 1) >= 2**62:
+            key = pd.factorize(key)[0].astype(np.int64)  # compress before widening
+        key = key * max(len(uniques), 1) + codes
+    return ~pd.Series(key).duplicated().to_numpy()
 
 
 def load_npy(path: Path) -> np.ndarray:

@@ -121,8 +121,8 @@ def impression_events(path: Path) -> pd.DataFrame:
     span = int(max(inview.max(initial=0), clicked.max(initial=0))) + 1
     view_key = np.repeat(rows, n_inview) * span + inview  # (E,) (impression row, article)
     click_key = np.repeat(rows, n_clicked) * span + clicked  # (K,)
-    label = np.where(np.isin(view_key, click_key), 1, -1).astype(np.int8)
-    unseen = int((~np.isin(click_key, view_key)).sum())
+    label = np.where(_member(view_key, click_key), 1, -1).astype(np.int8)
+    unseen = int((~_member(click_key, view_key)).sum())
     if unseen:
         logger.info("%s: %d clicked article(s) are not in view of their impression; ignored",
                     path, unseen)
@@ -130,6 +130,15 @@ def impression_events(path: Path) -> pd.DataFrame:
     users = _raw.as_int64(table.column("user_id").to_pandas(), path, "user_id")
     return pd.DataFrame({"user_id": np.repeat(users, n_inview), "item_id": inview,
                          "timestamp": np.repeat(seconds, n_inview), "label": label})
+
+
+def _member(keys: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """``np.isin(keys, table)`` by binary search in the sorted table. (N,) bool"""
+    table = np.sort(table)
+    if not len(table):
+        return np.zeros(len(keys), bool)
+    pos = np.minimum(np.searchsorted(table, keys), len(table) - 1)
+    return table[pos] == keys
 
 
 def history_events(path: Path) -> pd.DataFrame:
@@ -152,7 +161,8 @@ def history_events(path: Path) -> pd.DataFrame:
 
 def _select_reads(parts: list[pd.DataFrame], impressions: pd.DataFrame, mode: str) -> pd.DataFrame:
     """History reads, each counted once; by default only those before the first impression."""
-    reads = pd.concat(parts, ignore_index=True).drop_duplicates(["user_id", "item_id", "timestamp"])
+    reads = pd.concat(parts, ignore_index=True)
+    reads = reads[_raw.first_occurrence(reads["user_id"], reads["item_id"], reads["timestamp"])]
     if mode == "none":
         return reads.iloc[:0]
     if mode == "before_impressions" and len(impressions):

@@ -87,7 +87,7 @@ def load(raw_dir: str | os.PathLike, *, min_user_actions: int = MIN_HISTORY,
     events = _raw.keep_long_histories(pd.concat([train, test], ignore_index=True),
                                       min_user_actions, str(raw))
     events = _raw.sort_events(events)
-    items = _raw.first_value_per_item(events, ["cate_id"], str(raw))
+    items = _raw.most_frequent_per_item(events, ["cate_id"], str(raw))
     dense = {}
     if parts:
         vectors, found = _item_vectors(parts, items["item_id"].to_numpy(), image_dim, chunk_rows)

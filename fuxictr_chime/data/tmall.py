@@ -75,13 +75,14 @@ def load(raw_dir: str | os.PathLike, *, min_user_actions: int = MIN_HISTORY,
     frame = _read_log(path)
     clicks = frame[frame["action_type"].to_numpy() == CLICK]
     if dedup_clicks:
-        clicks = clicks.drop_duplicates(["user_id", "item_id", "timestamp"])
+        clicks = clicks[_raw.first_occurrence(clicks["user_id"], clicks["item_id"],
+                                              clicks["timestamp"])]
     conversions = frame[frame["action_type"].isin(list(_check_actions(conversion_actions)))]
     clicks = clicks.assign(label=cvr_labels(clicks, conversions, max_delay_days))
     logger.info("%s: %d click samples, %.2f%% positive", path, len(clicks),
                 100.0 * float((clicks["label"] == 1).mean()) if len(clicks) else 0.0)
     clicks = _raw.sort_events(_raw.keep_long_histories(clicks, min_user_actions, str(path)))
-    items = _raw.first_value_per_item(clicks, ATTRIBUTES, str(path))
+    items = _raw.most_frequent_per_item(clicks, ATTRIBUTES, str(path))
     dense = {}
     if image_emb is not None:
         items = _attach_images(items, Path(image_emb), vector_column, strict)

@@ -37,6 +37,35 @@ def _event_dtypes_ok(events: pd.DataFrame) -> None:
     assert set(events["label"]) <= {1, -1}
 
 
+# ----------------------------------------------------------------------------- shared helpers
+
+def test_most_frequent_per_item_equals_groupby_reference():
+    from fuxictr_chime.data import _raw
+
+    rng = np.random.default_rng(1)
+    frame = pd.DataFrame({"item_id": rng.integers(0, 40, 2000) * 7,
+                          "cat": rng.integers(0, 5, 2000), "brand": rng.integers(-1, 3, 2000)})
+    fast = _raw.most_frequent_per_item(frame, ["cat", "brand"], "test")
+    for col in ("cat", "brand"):  # reference: count per (item, value), max count, then min value
+        counts = frame.groupby(["item_id", col]).size().rename("n").reset_index()
+        counts = counts.sort_values(["item_id", "n", col], ascending=[True, False, True])
+        ref = counts.drop_duplicates("item_id").set_index("item_id")[col]
+        assert fast.set_index("item_id")[col].to_dict() == ref.to_dict()
+    assert fast["item_id"].tolist() == sorted(frame["item_id"].unique())
+
+
+def test_first_occurrence_and_sort_equal_pandas():
+    from fuxictr_chime.data import _raw
+
+    rng = np.random.default_rng(2)
+    frame = pd.DataFrame({"user_id": rng.integers(0, 9, 3000), "item_id": rng.integers(0, 9, 3000),
+                          "timestamp": rng.integers(0, 9, 3000), "row": np.arange(3000)})
+    mask = _raw.first_occurrence(frame["user_id"], frame["item_id"], frame["timestamp"])
+    np.testing.assert_array_equal(mask, ~frame.duplicated(["user_id", "item_id", "timestamp"]))
+    ref = frame.sort_values(["user_id", "timestamp"], kind="stable").reset_index(drop=True)
+    pd.testing.assert_frame_equal(_raw.sort_events(frame), ref)
+
+
 # ----------------------------------------------------------------------------- microvideo
 
 def test_microvideo_events_items_and_vectors(tmp_path):
@@ -314,6 +343,13 @@ def test_ebnerd_impressions_and_history(tmp_path, caplog):
     assert "1 of 6 event article(s) are missing, e.g. article_id 104" in caplog.text
     assert log.dense == {"article_emb": 6}
     np.testing.assert_array_equal(items.loc[103, "article_emb"], vectors[103])
+
+
+def test_ebnerd_member_equals_isin():
+    rng = np.random.default_rng(4)
+    keys, table = rng.integers(0, 50, 300), rng.integers(0, 50, 40)
+    np.testing.assert_array_equal(ebnerd._member(keys, table), np.isin(keys, table))
+    assert not ebnerd._member(keys, table[:0]).any()
 
 
 def test_ebnerd_history_modes_and_filters(tmp_path):
