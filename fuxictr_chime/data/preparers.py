@@ -15,6 +15,7 @@ import inspect
 import logging
 import os
 from dataclasses import dataclass
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError, DataError
@@ -47,7 +48,8 @@ class Preparer:
     raw_required: bool
     description: str
 
-    def load_module(self):
+    def load_module(self) -> ModuleType:
+        """Import the loader module; DataError if it is not part of this installation."""
         try:
             return importlib.import_module(self.module)
         except ModuleNotFoundError as exc:
