@@ -10,12 +10,15 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import pandas as pd
 
 from ..errors import DataError
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 logger = logging.getLogger(__name__)
 
@@ -97,8 +100,11 @@ def parquet_table(path: Path, columns: Sequence[str]):
     return pq.read_table(path, columns=list(columns))
 
 
-def list_column(table, column: str, path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """A parquet list column as (flat values, per-row lengths); DataError on a null row."""
+def list_column(table, column: str, path: Path) -> tuple["pa.Array", np.ndarray]:
+    """A parquet list column as (flat pyarrow values (E,), per-row lengths (R,)).
+
+    DataError naming the file and column on a null row or a null element.
+    """
     import pyarrow as pa
     import pyarrow.compute as pc
 
