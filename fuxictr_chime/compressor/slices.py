@@ -37,10 +37,13 @@ compression model more frequently" should do better. This module does exactly th
 compressor is retrained from scratch with the checkpoint's config (:func:`.train.train`) on all
 logs before that cut (the folder view as representation set, t1 = c_k), and that cut and the
 following ones are exported with the refit model. Its training data are strictly before c_k,
-and its snapshots only serve samples at t >= c_k, so refitting cannot leak either.
+and its snapshots only serve samples at t >= c_k, so refitting cannot leak either. (A refit
+checkpoint's ``config.yaml`` names the temporary view as ``data_dir``; the view is deleted
+after its cut is exported.)
 
 Defaults: ``spacing="time"``, ``normalize=True`` (frequencies), ``refit_every=None``, refit runs
-in ``<checkpoint>/../slices_refit/cut<k>`` with the checkpoint's ``optim.max_steps``.
+in ``<checkpoint>/../slices_refit/cut<k>`` with the checkpoint's ``optim.max_steps``. ``h5=True``
+writes only the plain (cut-1) column to ``<column>.h5``.
 """
 from __future__ import annotations
 
