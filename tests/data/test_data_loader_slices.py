@@ -183,3 +183,18 @@ def test_slice_cuts_of_plain_spec_is_none():
     cuts = slice_cuts_of("x", {"type": "embedding", "source": "user", "slice_column": "x_slices",
                                "slice_cuts": [np.int64(3), 7]})
     assert cuts.dtype == np.int64 and cuts.tolist() == [3, 7]
+
+
+def test_fuxictr_embedding_layer_consumes_sliced_feature(tmp_path):
+    """FuxiCTR's FeatureEmbedding ignores the extra spec keys; the sliced vector trains as usual."""
+    from fuxictr.pytorch.layers import FeatureEmbedding
+
+    params, snapshots = write_sliced_folder(tmp_path)
+    fmap = build_feature_map("synthetic", params, embedding_dim=4)
+    layer = FeatureEmbedding(fmap, 4)
+    batch = next(iter(make_loader(params, fmap, batch_size=16)))
+    inputs = {name: batch[name] for name in ("item_id", "cate_id", "title_emb", "chime_hist")}
+    out = layer(inputs, flatten_emb=True)  # (B, sum of embedding dims)
+    assert out.shape == (16, fmap.sum_emb_out_dim())
+    out.sum().backward()
+    assert layer.embedding_layer.feature_encoders["chime_hist"].weight.grad is not None
