@@ -18,7 +18,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     tr = sub.add_parser("train", help="train a compressor from a FuxiCTR-style experiment YAML",
                         description="Train the experiment EXPID of CONFIG_DIR/model_config.yaml "
-                                    "(Base: + one block per experiment id).")
+                                    "(Base: + one block per experiment id). Data-parallel: "
+                                    "torchrun --nproc_per_node N -m fuxictr_chime.cli compress train ... "
+                                    "(see docs/SCALING.md).")
     tr.add_argument("--config", required=True, metavar="DIR",
                     help="folder holding model_config.yaml (e.g. model_zoo/CHIME/config)")
     tr.add_argument("--expid", required=True, help="experiment id, e.g. CHIME_movielens")
@@ -42,11 +44,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ex.add_argument("--column", help="feature column name (default: the compressor's, e.g. chime_hist)")
     ex.add_argument("--batch-size", type=int, metavar="N", help="users per forward pass")
     ex.add_argument("--no-progress", action="store_true", help="no tqdm bar")
+    ex.add_argument("--engine", choices=("local", "ray"), default="local",
+                    help="local: one process (default); ray: Ray Data actor pool (docs/SCALING.md)")
+    ex.add_argument("--num-workers", type=int, metavar="N", help="Ray workers (default 2; --engine ray)")
+    ex.add_argument("--address", metavar="ADDR", help="join this Ray cluster, e.g. auto (--engine ray; "
+                                                      "default: a local Ray)")
+    ex.add_argument("--rows-per-task", type=int, metavar="N", help="users per Ray block (default 50 batches)")
     ex.set_defaults(func=_export)
 
 
 def _train(args: argparse.Namespace) -> int:
     from .config import load_experiment
+    from .distributed import is_main_process
     from .registry import get_compressor
     from .train import train
 
@@ -60,6 +69,8 @@ def _train(args: argparse.Namespace) -> int:
                    compressor=name)
     best = f"{result.best_checkpoint} (step {result.best_step}, eval metric {result.best_metric:.4f})" \
         if result.best_checkpoint else "none"
+    if not is_main_process():  # torchrun: rank 0 reports
+        return 0
     print(f"trained {result.compressor} for {result.step} steps; log: {result.log_path}\n"
           f"last checkpoint: {result.last_checkpoint}\nbest checkpoint: {best}")
     return 0
@@ -76,8 +87,19 @@ def _compressor_of(config_dir: str, expid: str) -> str:
 def _export(args: argparse.Namespace) -> int:
     from .export import export, format_codebook_table
 
-    stats = export(args.checkpoint, args.data, column=args.column, normalize=not args.counts, h5=args.h5,
-                   batch_size=args.batch_size, progress=not args.no_progress)
+    options = dict(column=args.column, normalize=not args.counts, h5=args.h5, batch_size=args.batch_size,
+                   progress=not args.no_progress)
+    if args.engine == "ray":
+        from .ray_export import export_ray
+
+        stats = export_ray(args.checkpoint, args.data, num_workers=2 if args.num_workers is None else args.num_workers, address=args.address,
+                           rows_per_task=args.rows_per_task, **options)
+    elif args.num_workers is not None or args.address or args.rows_per_task is not None:
+        from ..errors import ConfigError
+
+        raise ConfigError("--num-workers, --address and --rows-per-task need --engine ray")
+    else:
+        stats = export(args.checkpoint, args.data, **options)
     print(f"wrote {stats['column']} ({stats['width']} floats) for {stats['users']} users "
           f"({stats['users_with_history']} with history) in {stats['seconds']:.1f} s")
     print(format_codebook_table(stats))

@@ -189,7 +189,9 @@ class CompressionConfig(_Section):
 class LossConfig(_Section):
     """Paper eq. 1 (spec 3.4). Defaults: tau 0.2 holistic / 0.07 immediate, z and p
     L2-normalized (``normalize``), both losses on (``immediate = False`` is w/o IL), anchors
-    scored 256 at a time (``chunk_size``; null = all at once)."""
+    scored 256 at a time (``chunk_size``; null = all at once). ``gather_negatives`` (default
+    off; only under torch.distributed training): the holistic loss's in-batch negatives also
+    include every other rank's items (see :mod:`.distributed`)."""
 
     section: typing.ClassVar[str] = "loss"
     tau_holistic: float = 0.2
@@ -198,6 +200,7 @@ class LossConfig(_Section):
     holistic: bool = True
     immediate: bool = True
     chunk_size: int | None = 256
+    gather_negatives: bool = False
 
     def __post_init__(self) -> None:
         self._require(self.tau_holistic > 0, "tau_holistic", "must be positive")

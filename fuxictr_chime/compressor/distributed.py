@@ -188,9 +188,11 @@ def shard_users(user_ids: Sequence[int], rank: int | None = None, world_size: in
     if not 0 <= rank < world:
         raise ConfigError(f"shard_users: rank {rank} must be in [0, {world})")
     users = sorted(int(u) for u in user_ids)
+    if world == 1:
+        return users
     if len(users) < world:
-        raise ConfigError(f"shard_users: {len(users)} training users cannot feed {world} ranks "
-                          "(use fewer processes or a larger dataset)")
+        raise ConfigError(f"shard_users: {len(users)} training users (after optim.eval_users) cannot feed "
+                          f"{world} ranks (use fewer processes or a larger dataset)")
     usable = len(users) - len(users) % world
     if usable < len(users) and rank == 0:
         logger.warning("shard_users: %d of %d training users left out so that %d ranks get %d users each",

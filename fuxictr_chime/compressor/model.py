@@ -31,9 +31,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
+from . import distributed
 from .adaptation import GLU, InterestAdaptation
 from .backbone import InterestBackbone
-from .losses import holistic_loss, immediate_loss
 from .quantizer import ResidualVQ
 
 logger = logging.getLogger(__name__)
@@ -130,14 +130,17 @@ class CHIMECompressor(nn.Module):
         if loss_cfg.normalize:
             z, p = F.normalize(z, dim=-1), F.normalize(p, dim=-1)
         labels = batch["labels"].long() * mask.long()  # (B, T), 0 at padding
+        sync = self.training and distributed.is_distributed()  # DDP: normalize over the global batch
         terms: dict[str, torch.Tensor] = {}
         if loss_cfg.holistic:
-            terms["holistic"] = holistic_loss(z, p, labels, tau=loss_cfg.tau_holistic,
-                                              chunk_size=loss_cfg.chunk_size)
+            terms["holistic"] = distributed.holistic_term(z, p, labels, tau=loss_cfg.tau_holistic,
+                                                          chunk_size=loss_cfg.chunk_size, sync=sync,
+                                                          gather_negatives=loss_cfg.gather_negatives)
         if loss_cfg.immediate:
-            terms["immediate"] = immediate_loss(z, p, labels, tau=loss_cfg.tau_immediate, bias=self.bias)
+            terms["immediate"] = distributed.immediate_term(z, p, labels, tau=loss_cfg.tau_immediate,
+                                                            bias=self.bias, sync=sync)
         if self.quantizer is not None and comp.commitment_weight > 0:
-            terms["commit"] = commit
+            terms["commit"] = distributed.mean_term(commit, mask.sum(), sync)
         if not terms:
             raise ConfigError("loss: every loss term is switched off (holistic, immediate, commitment)")
         total = sum(terms[name] * (comp.commitment_weight if name == "commit" else 1.0) for name in terms)

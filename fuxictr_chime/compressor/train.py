@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 
 from ..errors import ChimeError, ConfigError
 from ..io import write_text_atomic
+from . import distributed
 from .checkpoint import data_fingerprint, load_checkpoint, save_checkpoint
 from .data import RepresentationData
 from .registry import compressor_name_of, get_compressor
@@ -103,9 +104,11 @@ def train(config: Any, *, resume: bool = False, progress: bool = True, max_steps
     if config.output_dir in (None, ""):
         raise ConfigError("output_dir: not set (where log.csv and the checkpoints go)")
     out = Path(config.output_dir)
+    distributed.init_distributed()  # under torchrun: start the process group (no-op otherwise)
     _seed_everything(optim.seed)
     data = RepresentationData(config.data_dir, max_len=optim.max_len)
     train_ids, eval_ids = _split_users(data, optim)
+    train_ids = distributed.shard_users(train_ids)  # this rank's disjoint share (all users in one process)
     fingerprint = data_fingerprint(data.vocab_sizes(), data.dense_widths(), len(data.all_users()))
     device = _device()
     model = spec.model_class.from_config(config, data.vocab_sizes(), data.dense_widths()).to(device)
@@ -117,10 +120,12 @@ def train(config: Any, *, resume: bool = False, progress: bool = True, max_steps
     state = _State()
     if resume:
         state = _restore(out / LAST, model, optimizer, scheduler, config, name)
-        _truncate_log(out / LOG_FILE, state.step)
+        if distributed.is_main_process():
+            _truncate_log(out / LOG_FILE, state.step)
     else:
         out.mkdir(parents=True, exist_ok=True)
-        _truncate_log(out / LOG_FILE, -1)
+        if distributed.is_main_process():
+            _truncate_log(out / LOG_FILE, -1)
     logger.info("%s: %d train / %d eval users, %d micro-batches per epoch, %d optimizer steps, "
                 "%d parameters, device %s", name, len(train_ids), len(eval_ids), batches_per_epoch, total,
                 sum(p.numel() for p in model.parameters()), device)
@@ -214,14 +219,15 @@ class _Run:
         self.monitor = getattr(model, "monitor", None) or "loss"
         self.train_sums = dict.fromkeys(self.losses, 0.0)
         self.train_count = 0
+        self.train_model = distributed.wrap_ddp(model)  # DDP under torch.distributed, else the model
 
     def loop(self, train_ids: Sequence[int], total: int, progress: bool) -> dict:
         state, optim = self.state, self.optim
         final: dict = {}
         if state.step == 0:
             final = self._evaluate_and_log(checkpoint=False)
-        bar = tqdm(total=total, initial=state.step, disable=not progress, desc=f"{self.name} train",
-                   dynamic_ncols=True)
+        bar = tqdm(total=total, initial=state.step, disable=not (progress and distributed.is_main_process()),
+                   desc=f"{self.name} train", dynamic_ncols=True)
         stream = _micro_batches(self.data, train_ids, optim, state.epoch, state.batch_in_epoch)
         self.model.train()
         started = time.perf_counter() - state.elapsed
@@ -240,16 +246,20 @@ class _Run:
         """One optimizer step over ``grad_accum_steps`` micro-batches; returns their mean losses."""
         state, optim, accum = self.state, self.optim, self.optim.grad_accum_steps
         means = dict.fromkeys(self.losses, 0.0)
-        for _ in range(accum):
+        tokens = 0
+        for i in range(accum):
             epoch, index, batch = next(stream)
             batch = move_batch(batch, self.device)
-            out = self.model(batch)
-            _check_finite(out, state.step + 1, epoch, index)
-            (out["loss"] / accum).backward()
+            with distributed.gradient_sync(self.train_model, i == accum - 1):  # DDP all-reduces on the last
+                out = self.train_model(batch)
+                _check_finite(out, state.step + 1, epoch, index)
+                (out["loss"] / accum).backward()
             for key in self.losses:
                 means[key] += _scalar(out[key]) / accum
             state.epoch, state.batch_in_epoch = epoch, index + 1
-            state.tokens += int(batch["mask"].sum())
+            tokens += int(batch["mask"].sum())
+        means = distributed.all_reduce_mean({**means, "tokens": tokens})  # DDP: global-batch losses
+        state.tokens += round(means.pop("tokens") * distributed.get_world_size())
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), optim.max_grad_norm or math.inf)
         if not torch.isfinite(norm):
             raise NonFiniteLossError(f"step {state.step + 1}: gradient norm is {float(norm)} "
@@ -264,6 +274,13 @@ class _Run:
         return means
 
     def _evaluate_and_log(self, checkpoint: bool) -> dict:
+        """Under DDP rank 0 evaluates, logs and saves (eval mode never communicates) while the
+        others wait; every rank gets the result and the best step."""
+        result, (self.state.best_metric, self.state.best_step) = distributed.on_main(
+            self._evaluate_log_save, checkpoint)
+        return result
+
+    def _evaluate_log_save(self, checkpoint: bool) -> tuple[dict, tuple[float, int | None]]:
         state = self.state
         result = evaluate(self.model, self.data, self.eval_ids, self.optim, self.device)
         rows = []
@@ -281,7 +298,7 @@ class _Run:
             self._save(LAST)
             if improved:
                 self._save(BEST)
-        return result
+        return result, (state.best_metric, state.best_step)
 
     def _row(self, split: str, values: Mapping[str, Any]) -> dict:
         row = {"step": self.state.step, "split": split, "lr": self._lr(), "time": round(self.state.elapsed, 3)}

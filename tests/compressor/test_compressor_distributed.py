@@ -80,7 +80,7 @@ def test_shard_users_disjoint_equal_deterministic():
     assert len({u for s in shards for u in s}) == 6
     assert shards == [dist.shard_users(list(reversed(users)), r, 3) for r in range(3)]
     assert dist.shard_users(users) == sorted(users)  # single process: everyone
-    with pytest.raises(ConfigError, match="2 training users cannot feed 3 ranks"):
+    with pytest.raises(ConfigError, match=r"2 training users \(after optim.eval_users\) cannot feed 3 ranks"):
         dist.shard_users([1, 2], 0, 3)
     with pytest.raises(ConfigError, match="rank 3"):
         dist.shard_users(users, 3, 3)
