@@ -60,6 +60,7 @@ class LongSeqBase(BaseModel):
     """
 
     compressed_column: ClassVar[str | None] = None  # set by the _CHIME / _LEARN variants
+    uses_long_sequence: ClassVar[bool] = True  # False: only the last short_len behaviors (DIN)
 
     def __init__(self, feature_map: "FeatureMap", model_id: str | None = None, gpu: int = -1,
                  learning_rate: float = 5.e-4, embedding_dim: int = 16, *,
@@ -191,8 +192,10 @@ class LongSeqBase(BaseModel):
                             f"{tuple(item_seq.shape)} and {tuple(mask.shape)}")
         if mask.shape[1] > self.max_len:
             self._warn_truncation(mask.shape[1])
-            item_seq = item_seq[:, -self.max_len - 1:]  # (B, max_len+1), target kept last
-            mask = mask[:, -self.max_len:]  # (B, max_len)
+        keep = self.max_len if self.uses_long_sequence else min(self.short_len, self.max_len)
+        if mask.shape[1] > keep:
+            item_seq = item_seq[:, -keep - 1:]  # (B, keep+1), target kept last
+            mask = mask[:, -keep:]  # (B, keep)
         table, inverse = self.item_table.lookup(item_seq)  # (U, D), (B, L+1)
         return ItemHistory(table, inverse[:, :-1], mask, inverse[:, -1])
 

@@ -22,8 +22,11 @@ class DIN(LongSeqBase):
     """DIN: interest = DIN attention(target, last ``short_len`` behaviors).
 
     Defaults (see :class:`LongSeqBase`): ``short_len=30``, attention MLP ``(64,)`` with
-    Dice, no softmax (DIN's original weighting).
+    Dice, no softmax (DIN's original weighting). Only the last ``short_len`` positions of
+    the batch's history are looked up.
     """
+
+    uses_long_sequence = False
 
     def __init__(self, feature_map: "FeatureMap", model_id: str | None = None, gpu: int = -1,
                  **kwargs: Any) -> None:

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError, DataError
@@ -58,10 +59,22 @@ def resolve_item_info(feature_map: "FeatureMap", item_info: str | os.PathLike | 
     raise DataError(f"{candidates[0]}: item_info file not found")
 
 
-def unique_inverse(index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Distinct values of ``index`` (sorted) and, per element, its position among them."""
-    values, inverse = torch.unique(index, sorted=True, return_inverse=True)  # (U,), (...)
-    return values, inverse
+def unique_inverse(index: torch.Tensor,
+                   num_items: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Distinct values of ``index`` (sorted) and, per element, its position among them.
+
+    With ``num_items`` (all values in 0..num_items-1) and ``num_items <= 8 * index.numel()``
+    no sort is needed: mark the present items in a (num_items,) bool vector; their ranks
+    (cumulative sum) are the positions. Otherwise ``torch.unique(return_inverse=True)``.
+    Both give the same result.
+    """
+    if num_items is None or num_items > 8 * index.numel():
+        return torch.unique(index, sorted=True, return_inverse=True)  # (U,), (...)
+    present = torch.zeros(num_items, dtype=torch.bool, device=index.device)  # (I,)
+    present[index.reshape(-1)] = True
+    values = present.nonzero().squeeze(1)  # (U,) sorted
+    rank = torch.cumsum(present, 0) - 1  # (I,) position among the present items
+    return values, rank[index]  # (U,), (...)
 
 
 @dataclass
@@ -85,34 +98,73 @@ class ItemHistory:
 
     @property
     def target(self) -> torch.Tensor:
-        return self.table[self.target_index]  # (B, D)
+        return F.embedding(self.target_index, self.table)  # (B, D)
 
     def dense(self) -> torch.Tensor:
         """The whole history as (B, L, D)."""
-        return self.table[self.index]  # (B, L, D)
+        return F.embedding(self.index, self.table)  # (B, L, D)
 
     def last(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The ``n`` most recent positions: embeddings (B, n, D) and mask (B, n)."""
         n = min(int(n), self.length)
-        return self.table[self.index[:, -n:]], self.mask[:, -n:]  # (B, n, D), (B, n)
+        return F.embedding(self.index[:, -n:], self.table), self.mask[:, -n:]
 
     def rows(self, index: torch.Tensor) -> torch.Tensor:
         """Embeddings of table rows ``index`` (B, k) -> (B, k, D)."""
-        return self.table[index]  # (B, k, D)
+        return F.embedding(index, self.table)  # (B, k, D)
+
+    def _few_distinct(self) -> bool:
+        """Whether the batch has few distinct items (U <= 10 L): then one matmul against the
+        whole item table beats gathering every position (measured on CPU)."""
+        return self.table.shape[0] <= 10 * self.length
+
+    def _chunks(self, chunk_elements: int) -> range:
+        per_row = self.table.shape[0] if self._few_distinct() else \
+            self.length * self.table.shape[1]
+        rows = max(1, chunk_elements // max(1, per_row))
+        return range(0, self.index.shape[0], rows)
 
     def dot(self, query: torch.Tensor, chunk_elements: int = 1 << 22) -> torch.Tensor:
         """Inner product of every behavior with a per-sample query: (B, D) -> (B, L).
 
-        Gathers the history in row chunks of about ``chunk_elements`` floats, so the full
-        (B, L, D) tensor never exists at once. Reference: ``einsum(dense(), query)``.
+        Reference: ``einsum("bld,bd->bl", dense(), query)``. Two equivalent fast paths, in
+        row chunks of about ``chunk_elements`` floats so that neither (B, L, D) nor (U, B)
+        exists at once: with few distinct items, score every distinct item against the
+        chunk's queries (one matmul) and pick each position's score; otherwise gather the
+        chunk's history and bmm. Differentiable.
         """
-        batch, length = self.index.shape
-        rows = max(1, chunk_elements // max(1, length * self.table.shape[1]))
         parts = []
-        for start in range(0, batch, rows):
-            chunk = self.table[self.index[start:start + rows]]  # (c, L, D)
-            parts.append(torch.bmm(chunk, query[start:start + rows, :, None]).squeeze(-1))
+        step = self._chunks(chunk_elements).step
+        for start in self._chunks(chunk_elements):
+            index, q = self.index[start:start + step], query[start:start + step]  # (c, L), (c, D)
+            if self._few_distinct():
+                scores = self.table @ q.T  # (U, c)
+                parts.append(scores.gather(0, index.T).T)  # (c, L)
+            else:
+                chunk = F.embedding(index, self.table)  # (c, L, D)
+                parts.append(torch.bmm(chunk, q.unsqueeze(-1)).squeeze(-1))  # (c, L)
         return torch.cat(parts)  # (B, L)
+
+    def weighted_sum(self, weights: torch.Tensor,
+                     chunk_elements: int = 1 << 22) -> torch.Tensor:
+        """Sum of the behaviors weighted per position: (B, L) -> (B, D).
+
+        Reference: ``einsum("bl,bld->bd", weights, dense())``. With few distinct items the
+        weights are first summed per distinct item (``scatter_add`` into (c, U)) and
+        multiplied with the table; otherwise chunks of the history are gathered. Both are
+        differentiable in ``weights`` and ``table``.
+        """
+        parts = []
+        step = self._chunks(chunk_elements).step
+        for start in self._chunks(chunk_elements):
+            index, w = self.index[start:start + step], weights[start:start + step]  # (c, L)
+            if self._few_distinct():
+                per_item = w.new_zeros(len(index), self.table.shape[0])  # (c, U)
+                parts.append(per_item.scatter_add(1, index, w) @ self.table)  # (c, D)
+            else:
+                chunk = F.embedding(index, self.table)  # (c, L, D)
+                parts.append(torch.bmm(w.unsqueeze(1), chunk).squeeze(1))  # (c, D)
+        return torch.cat(parts)  # (B, D)
 
 
 class ItemTable(nn.Module):
@@ -180,23 +232,26 @@ class ItemTable(nn.Module):
     def lookup(self, item_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Embed each distinct item once: returns ``(table (U, D), inverse (...))`` with
         ``table[inverse]`` equal to the embedding of ``item_index`` (...)."""
-        values, inverse = unique_inverse(item_index)  # (U,), (...)
-        if values.numel() and (int(values[0]) < 0 or int(values[-1]) >= self.num_items):
-            bad = int(values[0]) if int(values[0]) < 0 else int(values[-1])
+        self._check_range(item_index)
+        values, inverse = unique_inverse(item_index, self.num_items)  # (U,), (...)
+        return self.embed(values), inverse  # (U, D), (...)
+
+    def _check_range(self, item_index: torch.Tensor) -> None:
+        low, high = torch.aminmax(item_index) if item_index.numel() else (0, 0)
+        if int(low) < 0 or int(high) >= self.num_items:
+            bad = int(low) if int(low) < 0 else int(high)
             raise DataError(f"item index {bad} is outside {self.path} "
                             f"(rows 0..{self.num_items - 1})")
-        return self.embed(values), inverse  # (U, D), (...)
 
     def forward(self, item_index: torch.Tensor) -> torch.Tensor:
         """(...) int64 item indices -> (..., D_item), each distinct item embedded once."""
         table, inverse = self.lookup(item_index)
-        return table[inverse]  # (..., D)
+        return F.embedding(inverse, table)  # (..., D)
 
     def forward_reference(self, item_index: torch.Tensor) -> torch.Tensor:
         """Plain path: embed every position separately. (...) -> (..., D_item)."""
+        self._check_range(item_index)
         flat = item_index.reshape(-1)  # (N,)
-        if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= self.num_items):
-            raise DataError(f"item index outside {self.path} (rows 0..{self.num_items - 1})")
         return self.embed(flat).view(*item_index.shape, -1)  # (..., D)
 
 

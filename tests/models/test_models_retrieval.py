@@ -172,11 +172,32 @@ def test_sdim_aggregate_by_hand():
     assert (empty == 0).all()
 
 
-def test_item_history_dot_chunks_equal_dense_einsum():
+@pytest.mark.parametrize("n_items", [9, 200])  # U <= 10 L: matmul path; U > 10 L: gather path
+@pytest.mark.parametrize("chunk", [40, 1 << 22])
+def test_item_history_dot_and_weighted_sum_equal_dense_reference(n_items, chunk):
     gen = torch.Generator().manual_seed(5)
-    table, index, mask, target = _history(gen, batch=9)
+    table, index, mask, target = _history(gen, batch=9, n_items=n_items)
     history = ItemHistory(table, index, mask, target)
-    query = torch.randn(9, table.shape[1], generator=gen)
-    dense = torch.einsum("bld,bd->bl", history.dense(), query)
-    assert torch.allclose(history.dot(query, chunk_elements=40), dense, atol=1e-6)
-    assert torch.allclose(history.dot(query), dense, atol=1e-6)
+    assert history._few_distinct() is (n_items <= 10 * 7)
+    query = torch.randn(9, table.shape[1], generator=gen, requires_grad=True)
+    weights = torch.randn(9, 7, generator=gen, requires_grad=True)
+    up1, up2 = torch.randn(9, 7, generator=gen), torch.randn(9, table.shape[1], generator=gen)
+
+    def run(dot, wsum):
+        loss = (dot(query) * up1).sum() + (wsum(weights) * up2).sum()
+        return (dot(query), wsum(weights), *torch.autograd.grad(loss, (query, weights, table)))
+    fast = run(lambda q: history.dot(q, chunk), lambda w: history.weighted_sum(w, chunk))
+    ref = run(lambda q: torch.einsum("bld,bd->bl", history.dense(), q),
+              lambda w: torch.einsum("bl,bld->bd", w, history.dense()))
+    for a, b in zip(fast, ref):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
+@pytest.mark.parametrize("num_items", [None, 12, 1000])
+def test_unique_inverse_paths_agree_with_torch_unique(num_items):
+    from fuxictr_chime.models.item_table import unique_inverse
+
+    index = torch.randint(0, 12, (5, 7), generator=torch.Generator().manual_seed(0))
+    values, inverse = unique_inverse(index, num_items)
+    ref_values, ref_inverse = torch.unique(index, sorted=True, return_inverse=True)
+    assert torch.equal(values, ref_values) and torch.equal(inverse, ref_inverse)
