@@ -203,16 +203,23 @@ def shard_users(user_ids: Sequence[int], rank: int | None = None, world_size: in
 def wrap_ddp(model: nn.Module, **kwargs: Any) -> nn.Module:
     """``DistributedDataParallel(model)`` inside a process group, else ``model`` itself.
 
-    Defaults: ``broadcast_buffers=False`` (codebooks are kept identical by the quantizer; other
-    buffers are deterministic) and ``static_graph=True`` (the same parameters take part in
-    every step, which also covers parameters a config leaves unused, e.g. the immediate-loss
-    bias when ``loss.immediate`` is off). On CUDA the module sits on the current device.
+    Defaults: buffers are not synchronized at every forward (codebooks are kept identical by
+    the quantizer; other buffers are deterministic; DDP still copies rank 0's parameters and
+    buffers once at construction) and ``find_unused_parameters=True`` (as Hugging Face's Trainer
+    does by default: a config may leave a parameter unused, e.g. the immediate-loss bias when
+    ``loss.immediate`` is off; the backbone's gradient checkpointing is non-reentrant, which
+    allows it; ``static_graph`` would clash with ``no_sync`` accumulation). On CUDA the module
+    sits on the current device.
     """
     if not is_distributed():
         return model
     from torch.nn.parallel import DistributedDataParallel
 
-    options: dict[str, Any] = {"broadcast_buffers": False, "static_graph": True}
+    import inspect
+
+    no_buffer_sync = ("forward_sync_buffers" if "forward_sync_buffers" in
+                      inspect.signature(DistributedDataParallel).parameters else "broadcast_buffers")
+    options: dict[str, Any] = {no_buffer_sync: False, "find_unused_parameters": True}
     options.update(kwargs)
     device = next(model.parameters()).device
     if device.type == "cuda":

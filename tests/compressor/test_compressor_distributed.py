@@ -72,6 +72,28 @@ def _concat(batches):
     return tuple(torch.cat([pad(b[i], 0) for b in batches]) for i in range(3))
 
 
+def _all_scenarios(rank: int, port: int, work: str) -> None:
+    """One spawn for every multi-process scenario (process start-up dominates their cost)."""
+    _init_rank(rank, port)
+    try:
+        for scenario in (_loss_scenario, _steps_scenario, _train_scenario):
+            scenario(rank, Path(work))
+    finally:
+        dist.destroy_distributed()
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory) -> Path:
+    """Run the three 2-rank scenarios once (results under the returned folder)."""
+    from .conftest import make_prepared_dir
+
+    work = tmp_path_factory.mktemp("two_ranks")
+    _prepare_steps(work)
+    make_prepared_dir(work / "train", n_users=14, n_items=30, max_events=10, users_without_history=1)
+    _spawn(_all_scenarios, str(work))
+    return work
+
+
 # ---------------------------------------------------------------------------- single process
 def test_shard_users_disjoint_equal_deterministic():
     users = [9, 3, 7, 1, 5, 2, 8]
@@ -130,33 +152,28 @@ def test_init_distributed_needs_a_launcher_and_a_sane_environment(monkeypatch):
 
 
 # ---------------------------------------------------------------------------- losses across 2 ranks
-def _loss_worker(rank: int, port: int, out_dir: str) -> None:
-    _init_rank(rank, port)
-    try:
-        z, p, labels = (t.clone() for t in _rank_batches()[rank])
-        z.requires_grad_(True)
-        p.requires_grad_(True)
-        results = {}
-        for gather in (True, False):
-            z.grad = p.grad = None
-            h = dist.holistic_term(z, p, labels, tau=0.2, chunk_size=4, sync=True, gather_negatives=gather)
-            i = dist.immediate_term(z, p, labels, tau=0.07, bias=0.3, sync=True)
-            (h + i).backward()
-            results[gather] = {"h": h.detach(), "i": i.detach(), "gz": z.grad.clone(), "gp": p.grad.clone()}
-        # the gather returns every rank's rows, in rank order, with different row counts
-        rows = dist.all_gather_rows(torch.full((rank + 1, 2), float(rank)))
-        results["rows"] = [r.clone() for r in rows]
-        torch.save(results, Path(out_dir) / f"rank{rank}.pt")
-    finally:
-        dist.destroy_distributed()
+def _loss_scenario(rank: int, work: Path) -> None:
+    z, p, labels = (t.clone() for t in _rank_batches()[rank])
+    z.requires_grad_(True)
+    p.requires_grad_(True)
+    results = {}
+    for gather in (True, False):
+        z.grad = p.grad = None
+        h = dist.holistic_term(z, p, labels, tau=0.2, chunk_size=4, sync=True, gather_negatives=gather)
+        i = dist.immediate_term(z, p, labels, tau=0.07, bias=0.3, sync=True)
+        (h + i).backward()
+        results[gather] = {"h": h.detach(), "i": i.detach(), "gz": z.grad.clone(), "gp": p.grad.clone()}
+    # the gather returns every rank's rows, in rank order, with different row counts
+    rows = dist.all_gather_rows(torch.full((rank + 1, 2), float(rank)))
+    results["rows"] = [r.clone() for r in rows]
+    torch.save(results, work / f"loss_rank{rank}.pt")
 
 
-def test_two_ranks_equal_one_process_on_the_concatenated_batch(tmp_path):
+def test_two_ranks_equal_one_process_on_the_concatenated_batch(two_ranks):
     """Value: the mean over ranks of the returned losses equals the single-process loss of the
     union batch. Gradient: each rank's gradient of its own z and p, divided by W (DDP's
     average), equals the single-process gradient of those rows (float64, rel. tol. 1e-10)."""
-    _spawn(_loss_worker, str(tmp_path))
-    res = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
+    res = [torch.load(two_ranks / f"loss_rank{r}.pt") for r in range(WORLD)]
     batches = _rank_batches()
     z, p, labels = _concat(batches)
     z.requires_grad_(True)
@@ -183,3 +200,208 @@ def test_two_ranks_equal_one_process_on_the_concatenated_batch(tmp_path):
     assert float(sum(r[False]["i"] for r in res)) / WORLD == pytest.approx(float(i_ref), rel=1e-10)
     for r in res:
         assert [t.tolist() for t in r["rows"]] == [[[0.0, 0.0]], [[1.0, 1.0], [1.0, 1.0]]]
+
+
+# ---------------------------------------------------------------------------- DDP training steps
+STEPS, ACCUM, PER_RANK = 3, 2, 2  # 3 optimizer steps of 2 micro-batches; 2 users per rank, 4 per global batch
+
+
+def _equivalence_config(data_dir):
+    from .conftest import tiny_chime_config
+
+    raw = tiny_chime_config(data_dir).to_dict()
+    raw["loss"].update(gather_negatives=True, chunk_size=8)
+    raw["compression"].update(dead_code_threshold=0.0)  # replacement vectors would come from rank 0's shard
+    from fuxictr_chime.compressor.config import CHIMEConfig
+
+    return CHIMEConfig.from_dict(raw)
+
+
+def _micro_batches(data_dir, world: int, rank: int) -> list[list[dict]]:
+    """STEPS x ACCUM micro-batches; global micro-batch j = users 4j..4j+3 (ascending index); with
+    ``world`` 2, rank r gets users 4j+2r, 4j+2r+1."""
+    from fuxictr_chime.compressor.data import RepresentationData
+
+    data = RepresentationData(data_dir, max_len=16)
+    users = data.users_with_history()
+    size = PER_RANK * WORLD // world
+    steps = []
+    for s in range(STEPS):
+        micro = []
+        for a in range(ACCUM):
+            start = (s * ACCUM + a) * PER_RANK * WORLD + rank * size
+            micro.append(next(data.batches(users[start:start + size], size)))
+        steps.append(micro)
+    return steps
+
+
+def _build_model(config, data_dir, init_state=None):
+    from fuxictr_chime.compressor.data import RepresentationData
+    from fuxictr_chime.compressor.model import CHIMECompressor
+
+    data = RepresentationData(data_dir, max_len=16)
+    torch.manual_seed(0)
+    model = CHIMECompressor.from_config(config, data.vocab_sizes(), data.dense_widths())
+    if init_state is not None:
+        model.load_state_dict(init_state)
+    return model
+
+
+def _train_steps(model, config, steps) -> dict:
+    """What the trainer's optimizer step does (DDP wrap, no_sync accumulation, reduced loss means,
+    clipping, AdamW); the same code runs in one process (no DDP) and in each rank."""
+    ddp = dist.wrap_ddp(model)
+    optimizer = torch.optim.AdamW(model.param_groups(config.optim))
+    model.train()
+    history, grads = [], None
+    for s, micro in enumerate(steps):
+        means = {"holistic": 0.0, "immediate": 0.0, "commit": 0.0}
+        for i, batch in enumerate(micro):
+            with dist.gradient_sync(ddp, i == len(micro) - 1):
+                out = ddp(batch)
+                (out["loss"] / len(micro)).backward()
+            for key in means:
+                means[key] += out[key] / len(micro)
+        history.append(dist.all_reduce_mean(means))
+        if s == 0:
+            grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    state = {k: v.clone() for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)}
+    return {"history": history, "grads": grads, "state": state}
+
+
+def _steps_scenario(rank: int, work: Path) -> None:
+    data_dir = work / "steps" / "tiny"
+    config = _equivalence_config(data_dir)
+    model = _build_model(config, data_dir, torch.load(work / "steps" / "init.pt", weights_only=False))
+    torch.save(_train_steps(model, config, _micro_batches(data_dir, WORLD, rank)), work / f"steps_rank{rank}.pt")
+
+
+def _prepare_steps(work: Path) -> None:
+    """Data of the DDP-steps scenario and its starting weights: codebooks initialized by k-means
+    on the first global micro-batch (one training-mode forward, no optimizer step)."""
+    from .conftest import make_prepared_dir
+
+    data_dir = make_prepared_dir(work / "steps", n_users=25, n_items=30, max_events=10, users_without_history=1)
+    config = _equivalence_config(data_dir)
+    model = _build_model(config, data_dir)
+    model.train()
+    with torch.no_grad():
+        model(_micro_batches(data_dir, 1, 0)[0][0])
+    torch.save(model.state_dict(), work / "steps" / "init.pt")
+
+
+def test_ddp_steps_with_half_batches_match_one_process_on_the_global_batch(two_ranks):
+    """2 ranks x 2 users per micro-batch vs 1 process x 4 users, 3 AdamW steps of 2 micro-batches.
+
+    Exact in exact arithmetic: DDP averages gradients, every loss is normalized over the global
+    batch, the holistic loss gathers the other rank's items as negatives (loss.gather_negatives)
+    and the quantizer's EMA all-reduces its statistics. Both runs start from the same initialized
+    codebooks (k-means on the union batch, done once here) with dead-code replacement off, since
+    in training the k-means init and replacements are drawn from rank 0's shard only. Float32
+    tolerances (float summation order differs): losses rel 1e-5; first-step gradients: max
+    error <= 1e-5 x the tensor's largest entry (seen: ~2e-7); parameters and codebooks after 3
+    steps atol 1e-5 (seen: ~1e-6).
+    """
+    data_dir = two_ranks / "steps" / "tiny"
+    config = _equivalence_config(data_dir)
+    init = torch.load(two_ranks / "steps" / "init.pt", weights_only=False)
+    reference = _train_steps(_build_model(config, data_dir, init), config, _micro_batches(data_dir, 1, 0))
+    ranks = [torch.load(two_ranks / f"steps_rank{r}.pt", weights_only=False) for r in range(WORLD)]
+    for key, value in ranks[0]["state"].items():  # DDP + quantizer sync: ranks hold identical models
+        assert torch.equal(value, ranks[1]["state"][key]), key
+    got = ranks[0]
+    for ref_step, got_step in zip(reference["history"], got["history"]):
+        for key in ref_step:
+            assert got_step[key] == pytest.approx(ref_step[key], rel=1e-5), key
+    assert got["grads"].keys() == reference["grads"].keys()
+    for name, grad in reference["grads"].items():  # error relative to the tensor's largest entry
+        error = float((got["grads"][name] - grad).abs().max())
+        assert error <= 1e-5 * float(grad.abs().max()) + 1e-7, (name, error)
+    for key, value in reference["state"].items():
+        if value.is_floating_point():
+            torch.testing.assert_close(got["state"][key], value, rtol=0, atol=1e-5, msg=key)
+        else:
+            assert torch.equal(got["state"][key], value), key
+    assert not torch.equal(init["quantizer.codebook_0"], got["state"]["quantizer.codebook_0"])  # EMA moved
+
+
+# ---------------------------------------------------------------------------- train() on 2 ranks
+class _Crash(Exception):
+    pass
+
+
+def _run_config(work: Path, name: str):
+    from fuxictr_chime.compressor.config import CHIMEConfig
+
+    from .conftest import tiny_chime_config
+
+    raw = tiny_chime_config(work / "tiny", work / name).to_dict()
+    raw["loss"].update(gather_negatives=True)
+    raw["optim"].update(batch_size=2, grad_accum_steps=2, max_steps=4, eval_every=2, eval_users=1)
+    return CHIMEConfig.from_dict(raw)
+
+
+def _train_scenario(rank: int, work: Path) -> None:
+    from fuxictr_chime.compressor import train as train_mod
+
+    models, real_wrap = [], dist.wrap_ddp
+
+    def capture(model, **kwargs):  # keep each rank's live model to compare ranks afterwards
+        models.append(model)
+        return real_wrap(model, **kwargs)
+
+    dist.wrap_ddp = capture
+    try:
+        result = train_mod.train(_run_config(work / "train", "straight"), progress=False)
+        state = {k: v.clone() for k, v in models[-1].state_dict().items() if isinstance(v, torch.Tensor)}
+        torch.save({"state": state, "step": result.step, "total": result.total_steps,
+                    "best_step": result.best_step, "tokens": result.train_tokens}, work / f"train_rank{rank}.pt")
+        real_step, calls = train_mod._Run._optimizer_step, {"n": 0}
+
+        def crashing(self, stream):
+            calls["n"] += 1
+            if calls["n"] == 3:  # both ranks stop after the checkpoint at step 2
+                raise _Crash()
+            return real_step(self, stream)
+
+        train_mod._Run._optimizer_step = crashing
+        try:
+            train_mod.train(_run_config(work / "train", "interrupted"), progress=False)
+        except _Crash:
+            pass
+        train_mod._Run._optimizer_step = real_step
+        train_mod.train(_run_config(work / "train", "interrupted"), resume=True, progress=False)
+    finally:
+        dist.wrap_ddp = real_wrap
+
+
+def test_torchrun_style_training_on_two_ranks_checkpoints_on_rank0_and_resumes(two_ranks):
+    """train() under 2 gloo ranks with default k-means init and dead-code replacement: both ranks
+    end with identical weights and codebooks, rank 0 alone writes log.csv and checkpoints, and an
+    interrupted run resumed from last/ (every rank loads it) replays the uninterrupted one."""
+    import csv
+
+    r0, r1 = (torch.load(two_ranks / f"train_rank{r}.pt", weights_only=False) for r in range(WORLD))
+    for key, value in r0["state"].items():
+        assert torch.equal(value, r1["state"][key]), key
+    assert bool(r0["state"]["quantizer.initialized"])
+    # 12 train users -> 6 per rank -> 3 micro-batches of 2 per rank and epoch; 4 steps of 2
+    assert (r0["step"], r0["total"], r1["step"], r1["best_step"]) == (4, 4, 4, r0["best_step"])
+    straight = two_ranks / "train" / "straight"
+    saved = torch.load(straight / "last" / "model.pt", weights_only=True)
+    for key, value in r0["state"].items():
+        assert torch.equal(saved[key], value), key
+    with open(straight / "log.csv", newline="") as handle:
+        rows = [(r["step"], r["split"]) for r in csv.DictReader(handle)]
+    assert rows == [("0", "eval"), ("2", "train"), ("2", "eval"), ("4", "train"), ("4", "eval")]
+    assert not [p.name for p in straight.iterdir() if p.name.startswith(".")]  # no half-written folders
+    resumed = two_ranks / "train" / "interrupted"
+    assert torch.load(resumed / "last" / "trainer.pt", weights_only=False)["step"] == 4
+    with open(resumed / "log.csv", newline="") as handle:
+        assert [(r["step"], r["split"]) for r in csv.DictReader(handle)] == rows
+    again = torch.load(resumed / "last" / "model.pt", weights_only=True)
+    for key, value in saved.items():
+        torch.testing.assert_close(again[key], value, msg=key)
