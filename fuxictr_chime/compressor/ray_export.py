@@ -277,7 +277,9 @@ def _pipeline(data_dir: Path, encoder_args: dict, num_workers: int, rows_per_tas
               gpus_per_worker: float, progress: bool):
     import ray
 
-    ray.data.DataContext.get_current().enable_progress_bars = progress
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = progress
+    context.raise_original_map_exception = True  # a worker's DataError reaches the driver as one
     dataset = ray.data.read_parquet(str((data_dir / REPRESENTATION).resolve()), columns=list(REPRESENTATION_COLUMNS))
     # split big read blocks (one file = one block) so that every actor gets work; streaming, no shuffle
     dataset = dataset.repartition(target_num_rows_per_block=rows_per_task)
@@ -313,11 +315,16 @@ def _collect(dataset, rows: int, width: int, sizes: tuple[int, ...], total: int,
     return features, counts, n_history, positions
 
 
-def _chime_cause(exc: BaseException) -> ChimeError | None:
-    """The first ChimeError in an exception's cause/context chain (Ray wraps worker errors)."""
+def _chime_cause(exc: BaseException | None) -> ChimeError | None:
+    """The worker's ChimeError inside a Ray error, if any: with ``raise_original_map_exception``
+    Ray raises ``RayTaskError(<class>)`` whose ``cause`` is the worker's exception."""
     seen: set[int] = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
+        inner = getattr(exc, "cause", None)
+        if isinstance(inner, BaseException):
+            exc = inner
+            continue
         if isinstance(exc, ChimeError):
             return exc
         exc = exc.__cause__ or exc.__context__
