@@ -105,11 +105,16 @@ def test_same_seed_same_weights_other_seed_differs(tiny_config, tmp_path):
 
 
 def test_nan_loss_stops_with_step_and_term(tiny_config, monkeypatch):
-    from fuxictr_chime.compressor import model as model_mod
+    from fuxictr_chime.compressor.model import CHIMECompressor
 
-    real = model_mod.immediate_loss
-    monkeypatch.setattr(model_mod, "immediate_loss", lambda *a, **k: real(*a, **k) * float("nan"))
-    with pytest.raises(NonFiniteLossError, match=r"step 1 .*immediate loss is nan"):
+    real = CHIMECompressor.forward
+
+    def poisoned(self, batch):  # the immediate term turns NaN, as after an overflow
+        out = real(self, batch)
+        return {**out, "immediate": float("nan"), "loss": out["loss"] * float("nan")}
+
+    monkeypatch.setattr(CHIMECompressor, "forward", poisoned)
+    with pytest.raises(NonFiniteLossError, match=r"step 1 \(epoch 0, micro-batch 0\): immediate loss is nan"):
         train(_with(tiny_config, tiny_config.output_dir, eval_every=100), progress=False)
 
 
