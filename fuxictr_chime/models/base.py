@@ -197,7 +197,7 @@ class LongSeqBase(BaseModel):
             item_seq = item_seq[:, -keep - 1:]  # (B, keep+1), target kept last
             mask = mask[:, -keep:]  # (B, keep)
         table, inverse = self.item_table.lookup(item_seq)  # (U, D), (B, L+1)
-        return ItemHistory(table, inverse[:, :-1], mask, inverse[:, -1])
+        return ItemHistory(table, inverse[:, :-1].contiguous(), mask, inverse[:, -1].contiguous())
 
     def _warn_truncation(self, length: int) -> None:
         if not self._warned_truncation:

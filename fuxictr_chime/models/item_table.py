@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError, DataError
+from .retrieval import masked_softmax
 
 if TYPE_CHECKING:
     from fuxictr.features import FeatureMap
@@ -142,7 +143,7 @@ class ItemHistory:
                 parts.append(scores.gather(0, index.T).T)  # (c, L)
             else:
                 chunk = F.embedding(index, self.table)  # (c, L, D)
-                parts.append(torch.bmm(chunk, q.unsqueeze(-1)).squeeze(-1))  # (c, L)
+                parts.append((chunk * q.unsqueeze(1)).sum(-1))  # (c, L)
         return torch.cat(parts)  # (B, L)
 
     def weighted_sum(self, weights: torch.Tensor,
@@ -163,8 +164,33 @@ class ItemHistory:
                 parts.append(per_item.scatter_add(1, index, w) @ self.table)  # (c, D)
             else:
                 chunk = F.embedding(index, self.table)  # (c, L, D)
-                parts.append(torch.bmm(w.unsqueeze(1), chunk).squeeze(1))  # (c, D)
+                parts.append((w.unsqueeze(-1) * chunk).sum(1))  # (c, D)
         return torch.cat(parts)  # (B, D)
+
+    def attention_pool(self, query: torch.Tensor,
+                       chunk_elements: int = 1 << 22) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scores ``s = history . query`` (B, L) and the softmax(s)-weighted sum of the
+        valid behaviors (B, D) (zero for an empty history), differentiable.
+
+        Same as ``dot`` then ``weighted_sum(masked_softmax(s, mask))``; on the gather path
+        each chunk of the history is gathered once for both (rows are complete within a
+        chunk), which halves the gathers and their backward. Products are elementwise
+        multiply-and-sum: CPU ``bmm`` with a width-1 side is many times slower, above all
+        in backward.
+        """
+        if self._few_distinct():
+            scores = self.dot(query, chunk_elements)  # (B, L)
+            return scores, self.weighted_sum(masked_softmax(scores, self.mask), chunk_elements)
+        scores, pooled = [], []
+        step = self._chunks(chunk_elements).step
+        for start in self._chunks(chunk_elements):
+            rows = slice(start, start + step)
+            chunk = F.embedding(self.index[rows], self.table)  # (c, L, D)
+            s = (chunk * query[rows].unsqueeze(1)).sum(-1)  # (c, L)
+            w = masked_softmax(s, self.mask[rows])  # (c, L)
+            scores.append(s)
+            pooled.append((w.unsqueeze(-1) * chunk).sum(1))  # (c, D)
+        return torch.cat(scores), torch.cat(pooled)  # (B, L), (B, D)
 
 
 class ItemTable(nn.Module):

@@ -95,7 +95,7 @@ def recency_tiebreak(distance: torch.Tensor) -> torch.Tensor:
     """
     length = distance.shape[1]
     age = torch.arange(length - 1, -1, -1, device=distance.device)  # (L,)
-    return -(distance.to(torch.float64) * (length + 1) + age).to(torch.float32)  # (B, L)
+    return -(distance.to(torch.int64) * (length + 1) + age).to(torch.float32)  # (B, L)
 
 
 # --------------------------------------------------------------------------- target attention
@@ -265,6 +265,7 @@ def sdim_aggregate(table: torch.Tensor, index: torch.Tensor, mask: torch.Tensor,
     batch, groups = index.shape[0], codes.shape[1]
     collide = codes[index] == codes[target_index].unsqueeze(1)  # (B, L, G)
     collide &= mask.unsqueeze(-1)
+    # (B, G, L) -> (B*G, L); one bag per (sample, group), positions in time order
     bag, pos = collide.permute(0, 2, 1).reshape(batch * groups, -1).nonzero(as_tuple=True)
     items = index.reshape(-1)[(bag // groups) * index.shape[1] + pos]  # (nnz,) rows of table
     counts = torch.bincount(bag, minlength=batch * groups)  # (B*G,)

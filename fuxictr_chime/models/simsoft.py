@@ -22,7 +22,7 @@ from torch import nn
 
 from .base import LongSeqBase
 from .item_table import ItemHistory
-from .retrieval import TargetAttention, masked_softmax, topk_gather
+from .retrieval import TargetAttention, topk_gather
 
 if TYPE_CHECKING:
     from fuxictr.features import FeatureMap
@@ -51,11 +51,12 @@ class SimSoft(LongSeqBase):
                  context: torch.Tensor) -> dict[str, torch.Tensor]:
         # <W_a t, W_b h> = h . (W_b^T W_a t): one (B, D) query instead of (B, L, A) keys
         query = self.gsu_query(target) @ self.gsu_key.weight / self.gsu_scale  # (B, D)
-        scores = history.dot(query if self.training else query.detach())  # (B, L)
         out = {}
         if self.training:  # auxiliary GSU head: softmax(r)-weighted sum of the whole sequence
-            pooled = history.weighted_sum(masked_softmax(scores, history.mask))  # (B, D)
+            scores, pooled = history.attention_pool(query)  # (B, L), (B, D)
             out["y_aux"] = self.aux_head(torch.cat([target, pooled, context], dim=-1))
+        else:
+            scores = history.dot(query.detach())  # (B, L)
         rows, rows_mask = topk_gather(scores, history.mask, self.topk, history.index)
         long = self.esu(target, history.rows(rows), rows_mask)  # (B, D)
         out["interest"] = torch.cat([self.short_interest(target, history), long], dim=-1)

@@ -193,6 +193,27 @@ def test_item_history_dot_and_weighted_sum_equal_dense_reference(n_items, chunk)
         assert torch.allclose(a, b, atol=1e-5)
 
 
+@pytest.mark.parametrize("n_items", [9, 200])
+def test_item_history_attention_pool_equals_dense_reference(n_items):
+    gen = torch.Generator().manual_seed(6)
+    table, index, mask, target = _history(gen, batch=9, n_items=n_items)
+    mask[0] = False  # one empty history
+    history = ItemHistory(table, index, mask, target)
+    query = torch.randn(9, table.shape[1], generator=gen, requires_grad=True)
+    up1, up2 = torch.randn(9, 7, generator=gen), torch.randn(9, table.shape[1], generator=gen)
+
+    def run(scores, pooled):
+        loss = (scores * up1).sum() + (pooled * up2).sum()
+        return (scores, pooled, *torch.autograd.grad(loss, (query, table)))
+    fast = run(*history.attention_pool(query, chunk_elements=40))
+    seq = history.dense()
+    scores = torch.einsum("bld,bd->bl", seq, query)
+    ref = run(scores, torch.einsum("bl,bld->bd", masked_softmax(scores, mask), seq))
+    for a, b in zip(fast, ref):
+        assert torch.allclose(a, b, atol=1e-5)
+    assert (fast[1][0] == 0).all()
+
+
 @pytest.mark.parametrize("num_items", [None, 12, 1000])
 def test_unique_inverse_paths_agree_with_torch_unique(num_items):
     from fuxictr_chime.models.item_table import unique_inverse
