@@ -117,14 +117,15 @@ def target_attention(query: torch.Tensor, keys: torch.Tensor, values: torch.Tens
     batch, length, dim = keys.shape
     head_dim = dim // num_heads
     scale = math.sqrt(head_dim) if scale is None else scale
-    q = query.view(batch, num_heads, 1, head_dim)  # (B, H, 1, d)
-    k = keys.view(batch, length, num_heads, head_dim).transpose(1, 2)  # (B, H, L, d)
-    v = values.view(batch, length, num_heads, head_dim).transpose(1, 2)  # (B, H, L, d)
-    logits = torch.matmul(q, k.transpose(-1, -2)).squeeze(2) / scale  # (B, H, L)
-    weights = masked_softmax(logits, mask.unsqueeze(1))  # (B, H, L)
+    q = query.view(batch, 1, num_heads, head_dim)  # (B, 1, H, d)
+    k = keys.view(batch, length, num_heads, head_dim)  # (B, L, H, d)
+    v = values.view(batch, length, num_heads, head_dim)  # (B, L, H, d)
+    # elementwise products: CPU bmm with a width-1 side is slow, above all in backward
+    logits = (q * k).sum(-1) / scale  # (B, L, H)
+    weights = masked_softmax(logits, mask.unsqueeze(-1), dim=1)  # (B, L, H)
     if dropout is not None:
         weights = dropout(weights)
-    out = torch.matmul(weights.unsqueeze(2), v).squeeze(2)  # (B, H, d)
+    out = (weights.unsqueeze(-1) * v).sum(1)  # (B, H, d)
     return out.reshape(batch, dim)  # (B, A)
 
 
