@@ -20,7 +20,8 @@ package installed and see ``checkpoint_dir`` and ``data_dir`` at the same paths 
 storage). An already initialized Ray is reused and left running.
 
 Defaults: ``num_workers=2``, ``cpus_per_worker=1``, ``gpus_per_worker=0`` (set 1 to give each
-actor a GPU), ``batch_size`` = the training micro-batch size, ``rows_per_task`` = 50 micro-batches.
+actor a GPU), ``batch_size`` = the training micro-batch size, ``rows_per_task`` = 50 micro-batches
+(fewer when needed for at least 4 blocks per worker, see :func:`default_rows_per_task`).
 """
 from __future__ import annotations
 
@@ -52,7 +53,7 @@ from .train import move_batch
 logger = logging.getLogger(__name__)
 
 __all__ = ["export_ray", "UserEncoder", "RepresentationShard", "encode_shard", "ray_session",
-           "stats_from_counts", "REPRESENTATION_COLUMNS"]
+           "stats_from_counts", "default_rows_per_task", "flatten_representation", "REPRESENTATION_COLUMNS"]
 
 REPRESENTATION_COLUMNS = ("user_index", "item_seq", "label_seq", "time_seq")
 ROWS_PER_TASK_BATCHES = 50  # default block = 50 micro-batches (the length-bucketing window of data.batches)
@@ -83,14 +84,15 @@ def export_ray(checkpoint_dir: str | os.PathLike, data_dir: str | os.PathLike, *
     width, sizes = int(model.feature_dim), tuple(getattr(model, "codebook_sizes", ()))
     del model, ckpt
     batch_size = int(batch_size or config.optim.batch_size)
-    rows_per_task = int(rows_per_task or ROWS_PER_TASK_BATCHES * batch_size)
+    n_rows = _num_rows(data_dir / REPRESENTATION)
+    rows_per_task = int(rows_per_task or default_rows_per_task(n_rows, num_workers, batch_size))
     encoder_args = {"checkpoint_dir": str(Path(checkpoint_dir).resolve()), "data_dir": str(data_dir.resolve()),
                     "normalize": normalize, "batch_size": batch_size}
     with ray_session(num_workers, cpus_per_worker, address):
         dataset = _pipeline(data_dir, encoder_args, num_workers, rows_per_task, cpus_per_worker, gpus_per_worker,
                             progress)
-        features, counts, n_history, positions = _collect(dataset, max(users, default=0) + 1, width, sizes,
-                                                          _num_rows(data_dir / REPRESENTATION), progress)
+        features, counts, n_history, positions, timing = _collect(dataset, max(users, default=0) + 1, width,
+                                                                  sizes, n_rows, progress)
     files = {"user_info": str(write_user_column(data_dir / USER_INFO, column, features))}
     if h5:
         files["h5"] = str(_write_h5(data_dir / f"{column}.h5", column, features))
@@ -108,7 +110,8 @@ def export_ray(checkpoint_dir: str | os.PathLike, data_dir: str | os.PathLike, *
         files["codebooks"] = str(path)
     seconds = time.perf_counter() - started
     stats.update(files=files, seconds=seconds, users_per_second=len(users) / max(seconds, 1e-9),
-                 checkpoint=str(checkpoint_dir), normalize=normalize, engine="ray", num_workers=num_workers)
+                 checkpoint=str(checkpoint_dir), normalize=normalize, engine="ray", num_workers=num_workers,
+                 rows_per_task=rows_per_task, **timing)
     logger.info("exported %s (%d floats) for %d users into %s with %d Ray workers\n%s", column, width, len(users),
                 data_dir, num_workers, format_codebook_table(stats))
     return stats
@@ -174,8 +177,9 @@ class UserEncoder:
 
     Loads the checkpoint and item_info once (constructor); each call encodes one block of
     representation rows (a pyarrow table) and returns ``{"user_index": (n,), "feature": (n, d),
-    "positions": (n,)}`` plus ``"code_counts": (n, sum K)`` for a model with codebooks, for its n
-    users with history.
+    "positions": (n,), "encode_seconds": (n,)}`` plus ``"code_counts": (n, sum K)`` for a model
+    with codebooks, for its n users with history (``encode_seconds``: the block's time spent in
+    this call, spread over its users, so that the driver can sum the workers' busy time).
     """
 
     def __init__(self, checkpoint_dir: str, data_dir: str, normalize: bool = True, batch_size: int = 8) -> None:
@@ -185,8 +189,12 @@ class UserEncoder:
         self.normalize, self.batch_size = normalize, int(batch_size)
 
     def __call__(self, table: pa.Table) -> dict[str, np.ndarray]:
-        return encode_shard(self.model, self.shard.load_table(table), normalize=self.normalize,
-                            batch_size=self.batch_size)
+        started = time.perf_counter()
+        out = encode_shard(self.model, self.shard.load_table(table), normalize=self.normalize,
+                           batch_size=self.batch_size)
+        n = len(out["user_index"])
+        out["encode_seconds"] = np.full(n, (time.perf_counter() - started) / max(n, 1))  # block time, per user
+        return out
 
 
 @torch.no_grad()
@@ -273,6 +281,13 @@ def stats_from_counts(counts: np.ndarray, codebook_sizes: tuple[int, ...]) -> di
     return {"hit_ratio": hits, "perplexity": ppls}
 
 
+def default_rows_per_task(n_rows: int, num_workers: int, batch_size: int) -> int:
+    """Users per Ray block: 50 micro-batches (the single-process bucketing window), but small
+    enough that every worker gets at least 4 blocks, and at least one micro-batch."""
+    spread = math.ceil(max(n_rows, 1) / (4 * max(num_workers, 1)))
+    return max(batch_size, min(ROWS_PER_TASK_BATCHES * batch_size, spread))
+
+
 def _pipeline(data_dir: Path, encoder_args: dict, num_workers: int, rows_per_task: int, cpus_per_worker: float,
               gpus_per_worker: float, progress: bool):
     import ray
@@ -289,16 +304,22 @@ def _pipeline(data_dir: Path, encoder_args: dict, num_workers: int, rows_per_tas
 
 
 def _collect(dataset, rows: int, width: int, sizes: tuple[int, ...], total: int, progress: bool):
-    """Stream the workers' rows into the (rows, width) matrix; sum code counts and positions."""
+    """Stream the workers' rows into the (rows, width) matrix; sum code counts and positions.
+
+    Also returns ``{"worker_encode_seconds": ...}``: the summed time the workers spent encoding
+    (reading, checks, model), without start-up and model loading.
+    """
     features = np.zeros((rows, width), dtype=np.float32)
     counts = np.zeros(sum(sizes), dtype=np.float64)
     n_history = positions = 0
+    busy = 0.0
     bar = tqdm(total=total, disable=not progress, desc="export (ray)", dynamic_ncols=True)
     try:
         for out in dataset.iter_batches(batch_format="numpy", batch_size=None):
             users = np.asarray(out["user_index"], dtype=np.int64)
             if users.size == 0:
                 continue
+            busy += float(np.asarray(out["encode_seconds"]).sum())
             features[users] = np.asarray(out["feature"], dtype=np.float32).reshape(len(users), width)  # (n, d)
             if sizes:
                 counts += np.asarray(out["code_counts"], dtype=np.float64).reshape(len(users), -1).sum(0)
@@ -312,7 +333,7 @@ def _collect(dataset, rows: int, width: int, sizes: tuple[int, ...], total: int,
         raise
     finally:
         bar.close()
-    return features, counts, n_history, positions
+    return features, counts, n_history, positions, {"worker_encode_seconds": busy}
 
 
 def _chime_cause(exc: BaseException | None) -> ChimeError | None:

@@ -21,8 +21,8 @@ from fuxictr_chime.compressor.checkpoint import load_checkpoint
 from fuxictr_chime.compressor.data import RepresentationData
 from fuxictr_chime.compressor.export import _rebuild, compute_user_features, export
 from fuxictr_chime.compressor.quantizer import code_stats
-from fuxictr_chime.compressor.ray_export import (RepresentationShard, _collect, encode_shard, export_ray,
-                                                 flatten_representation, stats_from_counts)
+from fuxictr_chime.compressor.ray_export import (RepresentationShard, _collect, default_rows_per_task, encode_shard,
+                                                 export_ray, flatten_representation, stats_from_counts)
 from fuxictr_chime.compressor.registry import get_compressor
 from fuxictr_chime.compressor.train import train
 from fuxictr_chime.errors import ConfigError, DataError, LeakageError
@@ -167,3 +167,9 @@ def test_worker_errors_reach_the_driver_as_chime_errors(ray_local):
     ray_local.data.DataContext.get_current().raise_original_map_exception = True  # as export_ray sets it
     with pytest.raises(LeakageError, match="at or after t1=10"):
         _collect(dataset, rows=5, width=2, sizes=(), total=4, progress=False)
+
+
+def test_default_blocks_feed_every_worker():
+    assert default_rows_per_task(10_000_000, 8, 8) == 400  # 50 micro-batches
+    assert default_rows_per_task(300, 2, 32) == 38  # >= 4 blocks per worker on small data
+    assert default_rows_per_task(10, 4, 8) == 8  # never below one micro-batch
