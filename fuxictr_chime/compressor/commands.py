@@ -50,6 +50,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ex.add_argument("--address", metavar="ADDR", help="join this Ray cluster, e.g. auto (--engine ray; "
                                                       "default: a local Ray)")
     ex.add_argument("--rows-per-task", type=int, metavar="N", help="users per Ray block (default 50 batches)")
+    from .slices import register_export_options
+
+    register_export_options(ex)
     ex.set_defaults(func=_export)
 
 
@@ -87,13 +90,21 @@ def _compressor_of(config_dir: str, expid: str) -> str:
 def _export(args: argparse.Namespace) -> int:
     from .export import export, format_codebook_table
 
+    if args.slices is not None or args.cuts is not None:
+        if args.engine == "ray":
+            from ..errors import ConfigError
+
+            raise ConfigError("--slices / --cuts run with --engine local only")
+        from .slices import export_slices
+
+        return export_slices(args)
     options = dict(column=args.column, normalize=not args.counts, h5=args.h5, batch_size=args.batch_size,
                    progress=not args.no_progress)
     if args.engine == "ray":
         from .ray_export import export_ray
 
-        stats = export_ray(args.checkpoint, args.data, num_workers=2 if args.num_workers is None else args.num_workers, address=args.address,
-                           rows_per_task=args.rows_per_task, **options)
+        stats = export_ray(args.checkpoint, args.data, num_workers=2 if args.num_workers is None else args.num_workers,
+                           address=args.address, rows_per_task=args.rows_per_task, **options)
     elif args.num_workers is not None or args.address or args.rows_per_task is not None:
         from ..errors import ConfigError
 
