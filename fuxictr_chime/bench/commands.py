@@ -23,6 +23,9 @@ def register(subparsers) -> None:
     _common(t2, 5)
     t2.add_argument("--models", default="DIN,SimSoft,ETA,SDIM,TWIN", help="comma-separated model names")
     t2.add_argument("--variants", default="plain,LEARN,CHIME", help="comma-separated subset of plain,LEARN,CHIME")
+    t2.add_argument("--slices", type=int, default=None, metavar="N",
+                    help="also rows 'X w/ CHIME (sliced)': the same CHIME compressor exported as N "
+                         "time-sliced snapshots (compress export --slices); comparison in slices.md")
     t2.set_defaults(func=_table2)
     ab = sub.add_parser("ablation", help="Table 3: CHIME w/o IL, w/o ICM, w/o IAM feeding DIN")
     _common(ab, 1)
@@ -57,8 +60,10 @@ def _table2(args) -> int:
     from .table2 import run_table2
 
     run_table2(args.data, args.out, models=_split(args.models), variants=_split(args.variants),
-               seeds=args.seeds, ranking_overrides=_ranking(args), **_kwargs(args))
+               seeds=args.seeds, ranking_overrides=_ranking(args), slices=args.slices, **_kwargs(args))
     print(open(f"{args.out}/table2.md").read())
+    if args.slices:
+        print(open(f"{args.out}/slices.md").read())
     return 0
 
 

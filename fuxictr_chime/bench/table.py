@@ -16,7 +16,8 @@ import pandas as pd
 from ..errors import DataError
 
 METRICS = (("AUC", "AUC", True), ("gAUC", "gAUC", True), ("logloss", "LogLoss", False))
-VARIANT_ORDER = ("plain", "LEARN", "CHIME")
+VARIANT_ORDER = ("plain", "LEARN", "CHIME", "CHIME_sliced")
+SLICED = "CHIME_sliced"  # issue 7: w/ CHIME from time-sliced snapshots (``bench table2 --slices N``)
 REQUIRED = ("model", "variant", "seed") + tuple(m for m, _, _ in METRICS)
 
 
@@ -33,7 +34,40 @@ class Cell:
 
 
 def row_label(model: str, variant: str) -> str:
+    if variant == SLICED:
+        return f"{model} w/ CHIME (sliced)"
     return model if variant == "plain" else f"{model} w/ {variant}"
+
+
+def sliced_comparison(runs: pd.DataFrame, models: list[str] | None = None) -> str:
+    """Markdown: w/ CHIME (sliced) minus w/ CHIME per model and metric, paired by seed, with the
+    two-sided paired t-test p-value (scipy ``ttest_rel``); empty string without sliced rows."""
+    from scipy import stats
+
+    if SLICED not in set(runs.get("variant", [])):
+        return ""
+    models = models or list(dict.fromkeys(runs["model"]))
+    lines = ["| | " + " | ".join(f"Δ{name} (pp)" for _, name, _ in METRICS) + " | seeds |",
+             "|---" * (len(METRICS) + 2) + "|"]
+    for model in models:
+        group = runs[runs["model"] == model]
+        sliced = group[group["variant"] == SLICED].set_index("seed")
+        plain = group[group["variant"] == "CHIME"].set_index("seed")
+        seeds = sliced.index.intersection(plain.index)
+        if len(seeds) == 0:
+            continue
+        parts = []
+        for metric, _, _ in METRICS:
+            a = sliced.loc[seeds, metric].to_numpy(float)
+            b = plain.loc[seeds, metric].to_numpy(float)
+            diff = 100 * float(np.mean(a - b))
+            p = float(stats.ttest_rel(a, b).pvalue) if len(seeds) > 1 and not np.allclose(a - b, (a - b)[0]) \
+                else float("nan")
+            parts.append(f"{diff:+.3f} (p={p:.3f})")
+        lines.append(f"| {model} w/ CHIME (sliced) vs w/ CHIME | " + " | ".join(parts) + f" | {len(seeds)} |")
+    lines += ["", "Δ: mean over seeds of (sliced − single snapshot), in percentage points; p: two-sided "
+              "paired t-test over seeds."]
+    return "\n".join(lines) + "\n"
 
 
 def paired_pvalue(variant: np.ndarray, plain: np.ndarray, higher_is_better: bool) -> float | None:

@@ -22,7 +22,7 @@ from ..io import write_text_atomic
 from .pipeline import COLUMN_OF_VARIANT, DEFAULT_ZOO, CompressorJob, command_line, dataset_id_of, \
     run_ranker, train_and_export
 from .runs import RunLog, make_data_view
-from .table import compute_table, format_markdown
+from .table import SLICED, compute_table, format_markdown, sliced_comparison
 
 logger = logging.getLogger(__name__)
 
@@ -39,11 +39,23 @@ def seeds_of(n: int, base: int = 1) -> list[int]:
 def run_table2(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *, models: Sequence[str] = MODELS,
                variants: Sequence[str] = VARIANTS, seeds: int = 5, zoo: str | os.PathLike = DEFAULT_ZOO,
                compressor_steps: int | None = None, ranking_overrides: dict | None = None,
-               progress: bool = True) -> pd.DataFrame:
-    """Run (or resume) the Table 2 grid; return the ``runs.csv`` frame and write ``table2.md``."""
+               slices: int | None = None, progress: bool = True) -> pd.DataFrame:
+    """Run (or resume) the Table 2 grid; return the ``runs.csv`` frame and write ``table2.md``.
+
+    ``slices`` (N >= 2, needs the CHIME variant): also run every model w/ CHIME on N time-sliced
+    snapshots of the same seed's CHIME compressor (issue 7), as variant ``CHIME_sliced``
+    (rows "X w/ CHIME (sliced)"), in a second data view ``seed_<s>/data_sliced``; the
+    comparison with the single-snapshot rows goes to ``slices.md``.
+    """
     unknown = sorted(set(variants) - set(VARIANTS))
     if unknown:
         raise ConfigError(f"unknown variant(s) {unknown}; known: {list(VARIANTS)}")
+    if slices is not None:
+        if slices < 2:
+            raise ConfigError(f"--slices must be >= 2 (1 is the plain w/ CHIME row), got {slices}")
+        if "CHIME" not in variants:
+            raise ConfigError("--slices needs the CHIME variant (the sliced rows reuse its compressor)")
+        variants = [*variants, SLICED]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     dataset_id = dataset_id_of(data_dir)
@@ -57,12 +69,18 @@ def run_table2(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *, model
             continue
         view = make_data_view(data_dir, out_dir / f"seed_{seed}" / "data")
         exports = {}
-        for variant in sorted({v for _, v in todo} - {"plain"}):
+        for variant in sorted({v for _, v in todo} - {"plain", SLICED} | ({"CHIME"} if slices else set())):
             job = CompressorJob(variant, f"{variant}_{dataset_id}", COLUMN_OF_VARIANT[variant], compressor_steps)
             exports[variant] = train_and_export(job, view, out_dir / f"seed_{seed}" / variant.lower(),
                                                 seed=seed, zoo=zoo, progress=progress)
+        if slices and any(v == SLICED for _, v in todo):
+            sliced_view = sliced_data_view(data_dir, out_dir / f"seed_{seed}", exports["CHIME"], slices,
+                                           progress=progress)
         for model, variant in todo:
-            result = run_ranker(model, variant, dataset_id, view, out_dir / f"seed_{seed}" / "models",
+            sliced = variant == SLICED
+            result = run_ranker(model, "CHIME" if sliced else variant, dataset_id,
+                                sliced_view if sliced else view,
+                                out_dir / f"seed_{seed}" / ("models_sliced" if sliced else "models"),
                                 seed=seed, zoo=zoo, overrides=ranking_overrides)
             log.append(_row(model, variant, seed, result, exports.get(variant)))
             bar.update(1)
@@ -70,7 +88,31 @@ def run_table2(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *, model
     runs = log.frame()
     write_table(runs, out_dir / "table2.md", models=list(models),
                 title=f"Table 2 on {dataset_id} ({len(seeds_of(seeds))} seeds)")
+    if slices:
+        text = sliced_comparison(runs, models=list(models))
+        write_text_atomic(out_dir / "slices.md", f"### w/ CHIME: {slices} time slices vs one snapshot "
+                                                 f"({dataset_id})\n\n{text}")
     return runs
+
+
+def sliced_data_view(data_dir: str | os.PathLike, seed_dir: Path, chime_export: dict, slices: int, *,
+                     progress: bool = True) -> Path:
+    """``seed_dir/data_sliced``: a data view with ``chime_hist`` in ``slices`` time-sliced snapshots
+    of the seed's trained CHIME checkpoint (cuts evenly in time from t1; compressor not refit).
+    Skipped when its marker ``slices.json`` exists."""
+    from ..compressor.slices import export_time_slices, make_cuts
+    from ..io import write_json_atomic
+
+    view = make_data_view(data_dir, seed_dir / "data_sliced")
+    marker = seed_dir / "data_sliced" / "slices.json"
+    if not marker.exists():
+        cuts = make_cuts(view, slices=slices)
+        stats = export_time_slices(chime_export["checkpoint"], view, cuts=cuts, column="chime_hist",
+                                   progress=progress)
+        write_json_atomic(marker, {"cuts": [int(c) for c in stats["cuts"]], "checkpoint": chime_export["checkpoint"],
+                                   "users_reencoded": stats.get("users_reencoded"),
+                                   "samples_per_slice": stats.get("samples_per_slice")})
+    return view
 
 
 def write_table(runs: pd.DataFrame, path: str | os.PathLike, *, models: list[str] | None = None,
