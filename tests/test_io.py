@@ -38,3 +38,21 @@ def test_json_and_yaml_roundtrip(tmp_path):
     write_yaml_atomic(tmp_path / "c.yaml", {"lr": 1.0e-3, "k": [32, 16, 16]})
     back = yaml.safe_load((tmp_path / "c.yaml").read_text())
     assert back == {"lr": 1.0e-3, "k": [32, 16, 16]} and isinstance(back["lr"], float)
+
+
+def test_atomic_files_get_umask_permissions_not_mkstemp_0600(tmp_path):
+    import os
+    import stat
+
+    from fuxictr_chime.io import write_text_atomic
+
+    umask = os.umask(0o022)
+    try:
+        path = tmp_path / "new.txt"
+        write_text_atomic(path, "x")
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644
+        path.chmod(0o600)
+        write_text_atomic(path, "y")  # a replaced file keeps its own mode
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    finally:
+        os.umask(umask)
