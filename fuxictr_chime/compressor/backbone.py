@@ -26,6 +26,7 @@ import json
 import logging
 import re
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -35,7 +36,8 @@ from .config import BackboneConfig
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["InterestBackbone", "build_decoder_config", "load_decoder_weights", "LORA_TARGETS"]
+__all__ = ["InterestBackbone", "build_decoder_config", "load_decoder_weights", "LORA_TARGETS",
+           "optimizer_groups"]
 
 #: Linear layers that LoRA adapts (same names in Qwen2 and Llama decoder layers).
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -114,6 +116,21 @@ class InterestBackbone(nn.Module):
 
 
 # ---------------------------------------------------------------------------- helpers
+def optimizer_groups(model: nn.Module, optim: Any, prefix: str = "backbone") -> list[dict]:
+    """AdamW parameter groups of a compressor whose backbone is ``model.<prefix>``: parameters
+    loaded from a pretrained checkpoint get ``optim.lr_pretrained`` (7e-6), every other trainable
+    parameter ``optim.lr_new`` (7e-4) (paper 5.1); both with ``optim.weight_decay``."""
+    backbone = getattr(model, prefix)
+    pretrained = {f"{prefix}.{name}" for name in backbone.pretrained_parameter_names()}
+    groups: dict[str, list[nn.Parameter]] = {"new": [], "pretrained": []}
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            groups["pretrained" if name in pretrained else "new"].append(param)
+    lrs = {"new": optim.lr_new, "pretrained": optim.lr_pretrained}
+    return [{"name": key, "params": params, "lr": lrs[key], "weight_decay": optim.weight_decay}
+            for key, params in groups.items() if params]
+
+
 def build_decoder_config(config: BackboneConfig):
     """The ``transformers`` config of a random backbone (vocab_size 1: no real token table)."""
     from transformers import LlamaConfig, Qwen2Config

@@ -33,7 +33,7 @@ from torch import nn
 from ..errors import ConfigError
 from . import distributed
 from .adaptation import GLU, InterestAdaptation
-from .backbone import InterestBackbone
+from .backbone import InterestBackbone, optimizer_groups
 from .quantizer import ResidualVQ
 
 logger = logging.getLogger(__name__)
@@ -152,14 +152,7 @@ class CHIMECompressor(nn.Module):
     def param_groups(self, optim: Any) -> list[dict]:
         """AdamW groups: parameters loaded from a pretrained checkpoint get ``optim.lr_pretrained``
         (7e-6), every new parameter ``optim.lr_new`` (7e-4). Codebooks are buffers (EMA), not here."""
-        pretrained = {f"backbone.{name}" for name in self.backbone.pretrained_parameter_names()}
-        groups: dict[str, list[nn.Parameter]] = {"new": [], "pretrained": []}
-        for name, param in self.named_parameters():
-            if param.requires_grad:
-                groups["pretrained" if name in pretrained else "new"].append(param)
-        lrs = {"new": optim.lr_new, "pretrained": optim.lr_pretrained}
-        return [{"name": key, "params": params, "lr": lrs[key], "weight_decay": optim.weight_decay}
-                for key, params in groups.items() if params]
+        return optimizer_groups(self, optim)
 
     # ------------------------------------------------------------------ inference
     def encode(self, batch: Mapping[str, Any]) -> torch.Tensor:

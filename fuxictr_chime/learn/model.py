@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..compressor.backbone import InterestBackbone
+from ..compressor.backbone import InterestBackbone, optimizer_groups
 from ..errors import ConfigError
 from .losses import dense_all_action_loss
 
@@ -106,14 +106,7 @@ class LEARNCompressor(nn.Module):
 
     def param_groups(self, optim: Any) -> list[dict]:
         """One AdamW group at ``optim.lr_new`` (plus ``lr_pretrained`` for a pretrained user tower)."""
-        pretrained = {f"backbone.{n}" for n in self.backbone.pretrained_parameter_names()}
-        groups: dict[str, list[nn.Parameter]] = {"new": [], "pretrained": []}
-        for name, param in self.named_parameters():
-            if param.requires_grad:
-                groups["pretrained" if name in pretrained else "new"].append(param)
-        lrs = {"new": optim.lr_new, "pretrained": optim.lr_pretrained}
-        return [{"name": k, "params": p, "lr": lrs[k], "weight_decay": optim.weight_decay}
-                for k, p in groups.items() if p]
+        return optimizer_groups(self, optim)
 
     def user_features(self, batch: Mapping[str, Any], normalize: bool = True) -> torch.Tensor:
         """``learn_emb`` (B, 64): the user embedding at the last positive behavior; zeros without one.
