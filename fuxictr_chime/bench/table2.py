@@ -82,7 +82,7 @@ def run_table2(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *, model
                                 sliced_view if sliced else view,
                                 out_dir / f"seed_{seed}" / ("models_sliced" if sliced else "models"),
                                 seed=seed, zoo=zoo, overrides=ranking_overrides)
-            log.append(_row(model, variant, seed, result, exports.get(variant)))
+            log.append(_row(model, variant, seed, result, exports.get("CHIME" if sliced else variant)))
             bar.update(1)
     bar.close()
     runs = log.frame()

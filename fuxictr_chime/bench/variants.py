@@ -47,20 +47,23 @@ def ablation_variants(dataset_id: str) -> list[Variant]:
             Variant("CHIME w/o IAM", f"CHIME_{dataset_id}_wo_iam")]
 
 
-def depth_variants(dataset_id: str, layers: Sequence[int], arch: dict) -> list[Variant]:
+def depth_variants(dataset_id: str, layers: Sequence[int], arch: dict,
+                   pretrained_path: str | None = None) -> list[Variant]:
     """Paper Table 4 / Figure 4: L decoder layers, random vs pretrained initialization.
 
     ``arch`` holds the pretrained checkpoint's backbone shape (arch, hidden_size, heads, ...);
     the random variant has exactly that shape with ``L`` layers, the pretrained one loads the
-    checkpoint's first ``L`` layers (``CHIME_<dataset>_pretrained`` names the checkpoint).
+    checkpoint's first ``L`` layers: the checkpoint ``pretrained_path`` (the one ``arch`` was
+    read from), or, when None, the one ``CHIME_<dataset>_pretrained`` names.
     """
+    checkpoint = (("backbone", "pretrained_path", pretrained_path),) if pretrained_path is not None else ()
     out = []
     for n in layers:
         shape = tuple(("backbone", k, v) for k, v in arch.items())
         out.append(Variant(f"L={n} Random", f"CHIME_{dataset_id}_pretrained",
                            shape + (("backbone", "pretrained_path", None), ("backbone", "num_layers", n))))
         out.append(Variant(f"L={n} Pretrain", f"CHIME_{dataset_id}_pretrained",
-                           (("backbone", "num_pretrained_layers", n),)))
+                           checkpoint + (("backbone", "num_pretrained_layers", n),)))
     return out
 
 
@@ -149,10 +152,12 @@ def pretrained_shape(pretrained_path: str) -> tuple[dict, int]:
 
     folder = resolve_pretrained_path(pretrained_path)
     cfg = json.loads((Path(folder) / "config.json").read_text())
+    # transformers >= 5 writes rope_theta inside rope_parameters
+    rope_theta = cfg.get("rope_theta", (cfg.get("rope_parameters") or {}).get("rope_theta", 10000.0))
     arch = {"arch": cfg["model_type"], "hidden_size": cfg["hidden_size"],
             "num_attention_heads": cfg["num_attention_heads"],
             "num_key_value_heads": cfg.get("num_key_value_heads", cfg["num_attention_heads"]),
-            "intermediate_size": cfg["intermediate_size"], "rope_theta": float(cfg.get("rope_theta", 10000.0)),
+            "intermediate_size": cfg["intermediate_size"], "rope_theta": float(rope_theta),
             "rms_norm_eps": float(cfg.get("rms_norm_eps", 1e-6))}
     return arch, int(cfg["num_hidden_layers"])
 
@@ -161,14 +166,21 @@ def run_depth(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *, layers
               pretrained_path: str = "smollm2", seeds: int = 1, model: str = "DIN",
               zoo: str | os.PathLike = DEFAULT_ZOO, compressor_steps: int | None = None,
               ranking_overrides: dict | None = None, progress: bool = True) -> tuple[pd.DataFrame, Path]:
-    """Paper Table 4 (DIN w/ CHIME per depth and init) and Figure 4 (eval holistic-loss curves)."""
+    """Paper Table 4 (DIN w/ CHIME per depth and init) and Figure 4 (eval holistic-loss curves).
+
+    The pretrained rows load ``pretrained_path`` (replacing the checkpoint that
+    ``CHIME_<dataset>_pretrained`` names); the random rows take its shape."""
+    from ..compressor.config import SMOLLM2
+
     arch, max_layers = pretrained_shape(pretrained_path)
     layers = list(layers or (1, 4, max_layers))
     bad = [n for n in layers if not 1 <= n <= max_layers]
     if bad:
         raise ConfigError(f"--layers {bad}: the checkpoint has {max_layers} decoder layers")
     dataset_id = dataset_id_of(data_dir)
-    variants = depth_variants(dataset_id, layers, arch)
+    if str(pretrained_path) != SMOLLM2:  # a folder or .gguf given on the command line: absolute
+        pretrained_path = str(Path(pretrained_path).expanduser().resolve())
+    variants = depth_variants(dataset_id, layers, arch, pretrained_path=str(pretrained_path))
     runs = run_variants(data_dir, out_dir, variants, model=model, seeds=seeds, zoo=zoo,
                         compressor_steps=compressor_steps, ranking_overrides=ranking_overrides,
                         progress=progress, title=f"{model} w/ CHIME: depth x initialization ({dataset_id})",

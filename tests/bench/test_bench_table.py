@@ -57,3 +57,27 @@ def test_single_seed_has_no_star_and_constant_gain():
 def test_missing_column_is_named():
     with pytest.raises(DataError, match="gAUC"):
         compute_table(_runs().drop(columns=["gAUC"]))
+
+
+def test_sliced_comparison_is_the_paired_difference_and_ttest_rel():
+    from fuxictr_chime.bench.table import sliced_comparison
+
+    chime = {1: (0.710, 0.620, 0.4010), 2: (0.704, 0.615, 0.4050), 3: (0.703, 0.611, 0.4030)}
+    sliced = {1: (0.712, 0.621, 0.4000), 2: (0.705, 0.619, 0.4060), 3: (0.709, 0.612, 0.4010),
+              4: (0.900, 0.900, 0.1000)}  # seed 4 has no single-snapshot row: not paired, ignored
+    rows = [dict(model="DIN", variant=v, seed=s, AUC=a, gAUC=g, logloss=ll)
+            for v, table in (("CHIME", chime), ("CHIME_sliced", sliced)) for s, (a, g, ll) in table.items()]
+    rows.append(dict(model="DIN", variant="plain", seed=1, AUC=0.5, gAUC=0.5, logloss=0.7))
+    text = sliced_comparison(pd.DataFrame(rows))
+    line = next(x for x in text.splitlines() if x.startswith("| DIN w/ CHIME (sliced) vs w/ CHIME |"))
+    cells = [c.strip() for c in line.strip("|").split("|")][1:]
+    for k, cell in enumerate(cells[:3]):
+        a = np.array([sliced[s][k] for s in (1, 2, 3)])
+        b = np.array([chime[s][k] for s in (1, 2, 3)])
+        delta = 100 * np.mean(a - b)  # percentage points
+        p = stats.ttest_rel(a, b).pvalue  # two-sided, paired by seed
+        assert cell == f"{delta:+.3f} (p={p:.3f})"
+    assert cells[3] == "3"
+    # by hand for AUC: differences 0.002, 0.001, 0.006 -> +0.300 pp
+    assert cells[0].startswith("+0.300 (p=")
+    assert sliced_comparison(pd.DataFrame(rows).query("variant != 'CHIME_sliced'")) == ""
