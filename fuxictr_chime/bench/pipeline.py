@@ -102,16 +102,25 @@ def train_and_export(job: CompressorJob, view: str | os.PathLike, out_dir: str |
     return stats
 
 
+def ranker_experiment(model: str, variant: str, dataset_id: str, view: str | os.PathLike, *,
+                      zoo: str | os.PathLike = DEFAULT_ZOO,
+                      overrides: dict | None = None) -> tuple[Path, str, dict[str, Any]]:
+    """``(config folder, experiment id, parameter overrides)`` of ``<model>[_<variant>]_<dataset_id>``
+    of the model zoo pointed at ``view`` (the arguments :func:`run_ranker` runs it with)."""
+    expid = f"{model}_{dataset_id}" if variant == "plain" else f"{model}_{variant}_{dataset_id}"
+    config_dir = Path(zoo) / model / "config"
+    if not config_dir.exists():
+        raise ConfigError(f"{config_dir}: no model_zoo config for model {model!r}")
+    return config_dir, expid, {**dataset_overrides(view), **(overrides or {})}
+
+
 def run_ranker(model: str, variant: str, dataset_id: str, view: str | os.PathLike, out_dir: str | os.PathLike,
                *, seed: int, zoo: str | os.PathLike = DEFAULT_ZOO, overrides: dict | None = None) -> dict:
     """Train and test ``<model>[_<variant>]_<dataset_id>`` of the model zoo on ``view``."""
     from ..models.runner import run_experiment
 
-    expid = f"{model}_{dataset_id}" if variant == "plain" else f"{model}_{variant}_{dataset_id}"
-    config_dir = Path(zoo) / model / "config"
-    if not config_dir.exists():
-        raise ConfigError(f"{config_dir}: no model_zoo config for model {model!r}")
-    params = {**dataset_overrides(view), **(overrides or {})}
+    config_dir, expid, params = ranker_experiment(model, variant, dataset_id, view, zoo=zoo,
+                                                  overrides=overrides)
     result = run_experiment(config_dir, expid, seed=seed, model_root=Path(out_dir),
                             results_csv=Path(out_dir) / "results.csv", overrides=params)
     return result

@@ -421,14 +421,8 @@ def run_experiment(config_dir: str | os.PathLike, expid: str, *, gpu: int = -1,
         "checkpoint", "result_json", "results_csv", "seconds"}``.
     """
     command = " ".join(shlex.quote(a) for a in sys.argv)
-    extra = dict(overrides or {})
-    if seed is not None:
-        extra["seed"] = int(seed)
-    if model_root is not None:
-        extra["model_root"] = os.path.abspath(os.path.expanduser(str(model_root)))
-    params = load_experiment(config_dir, expid, extra)
-    params["gpu"] = gpu
-    params.setdefault("seed", 2024)
+    params = experiment_params(config_dir, expid, gpu=gpu, seed=seed, model_root=model_root,
+                               overrides=overrides)
     model_dir = os.path.join(params["model_root"], params["dataset_id"])
     with run_log(os.path.join(model_dir, f"{expid}.log")):
         start = time.perf_counter()
@@ -447,15 +441,32 @@ def run_experiment(config_dir: str | os.PathLike, expid: str, *, gpu: int = -1,
     return result
 
 
-def _train_and_evaluate(params: dict) -> tuple[dict, dict, str]:
-    from fuxictr.pytorch.dataloaders import RankDataLoader
+def experiment_params(config_dir: str | os.PathLike, expid: str, *, gpu: int = -1,
+                      seed: int | None = None, model_root: str | os.PathLike | None = None,
+                      overrides: Mapping[str, Any] | None = None) -> dict:
+    """The parameters :func:`run_experiment` runs ``expid`` with (same arguments, same defaults):
+    :func:`load_experiment` with ``seed`` / ``model_root`` (made absolute) / ``overrides``,
+    plus ``gpu`` and ``seed`` 2024 where the config has none."""
+    extra = dict(overrides or {})
+    if seed is not None:
+        extra["seed"] = int(seed)
+    if model_root is not None:
+        extra["model_root"] = os.path.abspath(os.path.expanduser(str(model_root)))
+    params = load_experiment(config_dir, expid, extra)
+    params["gpu"] = gpu
+    params.setdefault("seed", 2024)
+    return params
+
+
+def build_experiment(params: dict) -> tuple[Any, Any]:
+    """Seed everything, build the feature map (``use_features`` applied) and the model of
+    resolved ``params`` (:func:`experiment_params`), exactly as a run does before training.
+    Returns ``(feature_map, model)``; the model's ``checkpoint`` is
+    ``<model_root>/<dataset_id>/<expid>.model``."""
     from fuxictr.pytorch.torch_utils import seed_everything
 
     from ..data.features import build_feature_map
-    from ..data.loader import LongSeqDataLoader
 
-    logger.info("FuxiCTR-CHIME %s; experiment %s (model %s, dataset %s, seed %s)", __version__,
-                params["model_id"], params["model"], params["dataset_id"], params["seed"])
     seed_everything(seed=int(params["seed"]))
     feature_map = build_feature_map(params["dataset_id"], params,
                                     embedding_dim=params.get("embedding_dim"),
@@ -463,17 +474,36 @@ def _train_and_evaluate(params: dict) -> tuple[dict, dict, str]:
                                     feature_specs=params.get("feature_specs"))
     apply_use_features(feature_map, params.get("use_features"), params["dataset_id"])
     os.makedirs(os.path.join(params["model_root"], params["dataset_id"]), exist_ok=True)
-    model = build_model(params, feature_map)
+    return feature_map, build_model(params, feature_map)
+
+
+def make_loaders(feature_map, params: dict, stage: str):
+    """FuxiCTR's ``RankDataLoader(feature_map, stage=stage, **params)`` over
+    :class:`~fuxictr_chime.data.loader.LongSeqDataLoader`: ``(train, valid)`` for stage
+    "train", the test loader (None without ``test_data``) for stage "test"."""
+    from fuxictr.pytorch.dataloaders import RankDataLoader
+
+    from ..data.loader import LongSeqDataLoader
+
+    return RankDataLoader(feature_map, stage=stage, **{**params, "data_loader": LongSeqDataLoader})
+
+
+def _train_and_evaluate(params: dict) -> tuple[dict, dict, str]:
+    from ..data.loader import LongSeqDataLoader
+
+    logger.info("FuxiCTR-CHIME %s; experiment %s (model %s, dataset %s, seed %s)", __version__,
+                params["model_id"], params["model"], params["dataset_id"], params["seed"])
+    feature_map, model = build_experiment(params)
     model.count_parameters()
-    params["data_loader"] = LongSeqDataLoader
-    train_gen, valid_gen = RankDataLoader(feature_map, stage="train", **params)
+    params["data_loader"] = LongSeqDataLoader  # recorded in the result JSON's params
+    train_gen, valid_gen = make_loaders(feature_map, params, "train")
     model.fit(train_gen, validation_data=valid_gen, **params)
     logger.info("****** Validation evaluation ******")
     valid = dict(model.evaluate(valid_gen)) if valid_gen is not None else {}
     test: dict = {}
     if params.get("test_data"):
         logger.info("******** Test evaluation ********")
-        test_gen = RankDataLoader(feature_map, stage="test", **params)
+        test_gen = make_loaders(feature_map, params, "test")
         test = dict(model.evaluate(test_gen))
     return ({k: float(v) for k, v in valid.items()}, {k: float(v) for k, v in test.items()},
             model.checkpoint)
