@@ -32,6 +32,7 @@ from torch import nn
 
 from ..errors import ConfigError, DataError
 from .item_table import DEFAULT_INITIALIZER, ItemHistory, ItemTable, item_feature_names
+from .retrieval import TargetAttention
 
 if TYPE_CHECKING:
     from fuxictr.features import FeatureMap
@@ -48,8 +49,12 @@ class LongSeqBase(BaseModel):
     FuxiCTR signature. Defaults follow CHIME section 5.1: ``learning_rate=5e-4``,
     ``short_len=30``, ``max_len=1000``; MLP ``dnn_hidden_units=(512, 128, 64)`` with
     ReLU, no dropout, no batch norm; ``embedding_dim=16``; ``accumulation_steps=1``.
-    DIN attention (short interest): ``attention_hidden_units=(64,)`` with ``Dice``,
-    ``din_use_softmax=False``. ``item_info``: path of ``item_info.parquet`` (the dataset
+    Short interest over the last ``short_len`` behaviors (``short_attention``): ``"din"``,
+    FuxiCTR's ``DIN_Attention`` (``attention_hidden_units=(64,)`` with ``Dice``,
+    ``din_use_softmax=False``), the default of DIN; ``"target"``, multi-head target attention
+    (softmax, ``short_attention_dim=64``, ``short_num_heads=1``; the long-sequence models pass
+    their ``attention_dim`` / ``num_heads``), the default of SimSoft, ETA, SDIM and TWIN, as in
+    the LongCTR implementations of those models. ``item_info``: path of ``item_info.parquet`` (the dataset
     config's key, passed through the params). FuxiCTR keys ``model_root`` (required),
     ``verbose`` (default 1), ``metrics`` (default AUC, logloss), ``optimizer`` (adam),
     ``loss`` (binary_crossentropy) and ``task`` are taken from ``kwargs``.
@@ -61,6 +66,7 @@ class LongSeqBase(BaseModel):
 
     compressed_column: ClassVar[str | None] = None  # set by the _CHIME / _LEARN variants
     uses_long_sequence: ClassVar[bool] = True  # False: only the last short_len behaviors (DIN)
+    default_short_attention: ClassVar[str] = "target"  # "din" for DIN
 
     def __init__(self, feature_map: "FeatureMap", model_id: str | None = None, gpu: int = -1,
                  learning_rate: float = 5.e-4, embedding_dim: int = 16, *,
@@ -73,6 +79,8 @@ class LongSeqBase(BaseModel):
                  attention_hidden_activations: str = "Dice",
                  attention_output_activation: str | None = None,
                  attention_dropout: float = 0.0, din_use_softmax: bool = False,
+                 short_attention: str | None = None, short_attention_dim: int = 64,
+                 short_num_heads: int = 1,
                  item_info: str | os.PathLike | None = None,
                  embedding_initializer: str = DEFAULT_INITIALIZER, **kwargs: Any) -> None:
         if "model_root" not in kwargs:
@@ -102,11 +110,19 @@ class LongSeqBase(BaseModel):
         self.item_table = ItemTable(feature_map, embedding_dim, item_info,
                                     embedding_initializer=embedding_initializer)
         self.item_dim = self.item_table.output_dim
-        self.short_attention = DIN_Attention(
-            self.item_dim, attention_units=[int(u) for u in attention_hidden_units],
-            hidden_activations=attention_hidden_activations,
-            output_activation=attention_output_activation, dropout_rate=attention_dropout,
-            use_softmax=bool(din_use_softmax))
+        kind = short_attention or self.default_short_attention
+        if kind == "din":
+            self.short_attention = DIN_Attention(
+                self.item_dim, attention_units=[int(u) for u in attention_hidden_units],
+                hidden_activations=attention_hidden_activations,
+                output_activation=attention_output_activation, dropout_rate=attention_dropout,
+                use_softmax=bool(din_use_softmax))
+        elif kind == "target":
+            self.short_attention = TargetAttention(self.item_dim, int(short_attention_dim),
+                                                   int(short_num_heads), attention_dropout)
+        else:
+            raise ConfigError(f"{type(self).__name__}: short_attention must be 'din' or 'target', "
+                              f"got {kind!r}")
         self.aux_outputs: dict[str, float] = {}  # forward key -> loss weight
         self.sync_every: int | None = None
         self._copies: list[tuple[str, str]] = []  # (buffer name, parameter name)
@@ -214,7 +230,7 @@ class LongSeqBase(BaseModel):
 
     # ------------------------------------------------------------------ model
     def short_interest(self, target: torch.Tensor, history: ItemHistory) -> torch.Tensor:
-        """DIN target attention over the last ``short_len`` behaviors: (B, D)."""
+        """Target attention (``short_attention``) over the last ``short_len`` behaviors: (B, D)."""
         keys, mask = history.last(self.short_len)  # (B, S, D), (B, S)
         return self.short_attention(target, keys, mask)  # (B, D)
 

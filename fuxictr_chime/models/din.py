@@ -27,6 +27,7 @@ class DIN(LongSeqBase):
     """
 
     uses_long_sequence = False
+    default_short_attention = "din"
 
     def __init__(self, feature_map: "FeatureMap", model_id: str | None = None, gpu: int = -1,
                  **kwargs: Any) -> None:

@@ -35,6 +35,7 @@ class ETA(LongSeqBase):
                  attention_dim: int = 64, num_heads: int = 1, attention_dropout: float = 0.0,
                  **kwargs: Any) -> None:
         super().__init__(feature_map, model_id, gpu, attention_dropout=attention_dropout,
+                         short_attention_dim=attention_dim, short_num_heads=num_heads,
                          **kwargs)
         if not 1 <= int(hash_bits) <= 64:
             raise ConfigError(f"ETA: hash_bits must be in 1..64, got {hash_bits}")

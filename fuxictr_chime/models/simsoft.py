@@ -37,6 +37,7 @@ class SimSoft(LongSeqBase):
                  attention_dropout: float = 0.0, aux_weight: float = 1.0,
                  **kwargs: Any) -> None:
         super().__init__(feature_map, model_id, gpu, attention_dropout=attention_dropout,
+                         short_attention_dim=attention_dim, short_num_heads=num_heads,
                          **kwargs)
         self.topk = int(topk)
         self.gsu_query = nn.Linear(self.item_dim, attention_dim, bias=False)  # W_a

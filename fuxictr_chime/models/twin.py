@@ -33,6 +33,7 @@ class TWIN(LongSeqBase):
                  *, topk: int = 50, sync_every: int = 100, attention_dim: int = 64,
                  num_heads: int = 1, attention_dropout: float = 0.0, **kwargs: Any) -> None:
         super().__init__(feature_map, model_id, gpu, attention_dropout=attention_dropout,
+                         short_attention_dim=attention_dim, short_num_heads=num_heads,
                          **kwargs)
         if int(sync_every) < 1:
             raise ConfigError(f"TWIN: sync_every must be >= 1, got {sync_every}")
