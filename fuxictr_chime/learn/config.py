@@ -8,19 +8,10 @@ CHIME's IRM, random init by default), ``learn`` (:class:`LEARNSection`) and ``op
 """
 from __future__ import annotations
 
-import dataclasses
-import os
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Mapping
 
-import yaml
-
-from ..compressor.config import BackboneConfig, OptimConfig, _coerce, _read_yaml, _Section, \
-    _unknown_key_message
-from ..errors import ConfigError
-from ..io import write_text_atomic
+from ..compressor.config import BackboneConfig, ExperimentConfig, OptimConfig, _Section
 
 __all__ = ["LEARNSection", "LEARNConfig"]
 
@@ -55,40 +46,14 @@ def _small_backbone() -> BackboneConfig:
 
 
 @dataclass
-class LEARNConfig:
+class LEARNConfig(ExperimentConfig):
     """Everything a LEARN run needs (mirrors :class:`~fuxictr_chime.compressor.config.CHIMEConfig`)."""
+
+    sections: typing.ClassVar[dict[str, type[_Section]]] = _SECTIONS
+    name: typing.ClassVar[str] = "LEARN"
 
     backbone: BackboneConfig = field(default_factory=_small_backbone)
     learn: LEARNSection = field(default_factory=LEARNSection)
     optim: OptimConfig = field(default_factory=OptimConfig)
     data_dir: str | None = field(default=None, metadata={"path": True})
     output_dir: str | None = field(default=None, metadata={"path": True})
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any] | None) -> "LEARNConfig":
-        data = {} if data is None else data
-        if not isinstance(data, Mapping):
-            raise ConfigError(f"LEARN config: expected a mapping, got {type(data).__name__}")
-        names = [f.name for f in dataclasses.fields(cls)]
-        kwargs: dict[str, Any] = {}
-        for key, value in data.items():
-            if key in _SECTIONS:
-                kwargs[key] = _SECTIONS[key].from_dict(value)
-            elif key in ("data_dir", "output_dir"):
-                kwargs[key] = _coerce(value, str | None, key)
-            else:
-                raise ConfigError(_unknown_key_message(str(key), "top level", names))
-        return cls(**kwargs)
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {name: getattr(self, name).to_dict() for name in _SECTIONS}
-        out.update(data_dir=self.data_dir, output_dir=self.output_dir)
-        return out
-
-    @classmethod
-    def from_yaml(cls, path: str | os.PathLike) -> "LEARNConfig":
-        return cls.from_dict(_read_yaml(Path(path)))
-
-    def to_yaml(self, path: str | os.PathLike) -> Path:
-        write_text_atomic(path, yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=False))
-        return Path(path)
