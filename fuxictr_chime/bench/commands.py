@@ -12,6 +12,8 @@ def _common(p: argparse.ArgumentParser, seeds: int) -> None:
     p.add_argument("--compressor-steps", type=int, default=None,
                    help="cap on compressor optimizer steps (default: the experiment config's)")
     p.add_argument("--epochs", type=int, default=None, help="override ranking-model epochs")
+    p.add_argument("--gpu", type=int, default=-1,
+                   help="CUDA device of the ranking runs (default -1 = CPU); compressors use CUDA when available")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bars")
 
 
@@ -53,7 +55,10 @@ def _kwargs(args) -> dict:
 
 
 def _ranking(args) -> dict | None:
-    return {"epochs": args.epochs} if args.epochs else None
+    out = {"epochs": args.epochs} if args.epochs else {}
+    if args.gpu is not None and args.gpu >= 0:
+        out["gpu"] = args.gpu
+    return out or None
 
 
 def _table2(args) -> int:

@@ -121,7 +121,8 @@ def run_ranker(model: str, variant: str, dataset_id: str, view: str | os.PathLik
 
     config_dir, expid, params = ranker_experiment(model, variant, dataset_id, view, zoo=zoo,
                                                   overrides=overrides)
-    result = run_experiment(config_dir, expid, seed=seed, model_root=Path(out_dir),
+    gpu = int(params.pop("gpu", -1))  # ``bench --gpu N``: the CUDA device of the ranking runs
+    result = run_experiment(config_dir, expid, gpu=gpu, seed=seed, model_root=Path(out_dir),
                             results_csv=Path(out_dir) / "results.csv", overrides=params)
     return result
 

@@ -42,3 +42,21 @@ def test_format_control_pairs_by_seed():
     assert f"{100 * np.mean(zero - plain):+.2f} (p={p1:.3f})" in text
     assert f"{100 * np.mean(real - zero):+.2f} (p={stats.ttest_rel(real, zero).pvalue:.3f})" in text
     assert "70.00 / 69.00 / 71.67" in text
+
+
+def test_bench_gpu_option_reaches_the_ranking_runner(monkeypatch, tmp_path):
+    """`bench ... --gpu N` travels as a ranking override and becomes run_experiment's gpu argument."""
+    import argparse
+
+    from fuxictr_chime.bench import commands, pipeline
+    from fuxictr_chime.models import runner
+
+    args = argparse.Namespace(epochs=None, gpu=1)
+    assert commands._ranking(args) == {"gpu": 1}
+    assert commands._ranking(argparse.Namespace(epochs=2, gpu=-1)) == {"epochs": 2}
+    seen = {}
+    monkeypatch.setattr(pipeline, "ranker_experiment",
+                        lambda *a, **k: (tmp_path, "DIN_tiny", {**(k.get("overrides") or {}), "epochs": 1}))
+    monkeypatch.setattr(runner, "run_experiment", lambda cfg, expid, **kw: seen.update(kw) or {"ok": True})
+    pipeline.run_ranker("DIN", "plain", "tiny", tmp_path, tmp_path, seed=3, overrides={"gpu": 1})
+    assert seen["gpu"] == 1 and "gpu" not in seen["overrides"] and seen["seed"] == 3

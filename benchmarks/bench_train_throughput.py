@@ -1,0 +1,351 @@
+"""Training samples/s (data loading included) and test AUC: our SimSoft/ETA/SDIM/TWIN vs the
+public LongCTR implementation of the same model, same settings, in one run (issue 8).
+
+The public code ships in the ``fuxictr==2.3.10`` source distribution under
+``model_zoo/LongCTR/``. It is downloaded at run time into a temporary folder
+(``pip download --no-binary :all: --no-deps fuxictr==2.3.10``), imported from there with
+importlib (never copied, never committed) and run with the installed 2.3.10 wheel; small
+shims adapt what the wheel lacks (listed in ``PUBLIC_SHIMS`` and in the CSV row).
+
+Data: a synthetic dataset in the prepared layout (ARCHITECTURE.md section 2) written to a
+temporary folder. Items belong to latent clusters (``cate_id``; ``title_emb`` = cluster
+centroid + noise); each user has a Dirichlet preference over clusters; histories are drawn
+from it; a sample's click probability grows with the user's preference for the target's
+cluster, so models that read the long history can learn it. The public loader reads the same
+files (labels written as int64 there, because it stacks all columns into one array).
+
+Per model and implementation, with the same seed: train ``--epochs`` epochs of
+``--train-batches`` batches (shuffled), timing the first epoch after ``--warmup`` batches
+(samples/s, loader + forward + backward + step); then test AUC/logloss on ``--test-samples``.
+Appends one CSV row per model to benchmarks/results/bench_train_throughput.csv.
+
+    .venv/bin/python benchmarks/bench_train_throughput.py --batch-size 512
+    .venv/bin/python benchmarks/bench_train_throughput.py --models TWIN --train-batches 8 --epochs 1
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+RESULTS = Path(__file__).resolve().parent / "results" / "bench_train_throughput.csv"
+PUBLIC_SDIST = "fuxictr==2.3.10"
+PUBLIC_NAMES = {"SimSoft": "SIM", "ETA": "ETA", "SDIM": "SDIM", "TWIN": "TWIN"}
+PUBLIC_SHIMS = "none needed beyond importlib loading (no fuxictr_version import)"
+# click model: logit = LOGIT_SCALE * (pref[u, c] * C - 1) / sqrt(C) - 0.5 with Dirichlet(0.3)
+# preferences; the Bayes-optimal test AUC of this generator is about 0.87 (32 clusters)
+LOGIT_SCALE = 6.0
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", nargs="+", default=list(PUBLIC_NAMES), choices=list(PUBLIC_NAMES))
+    p.add_argument("--batch-size", type=int, default=2048)
+    p.add_argument("--max-len", type=int, default=1000, help="long history length")
+    p.add_argument("--short-len", type=int, default=30)
+    p.add_argument("--train-batches", type=int, default=40, help="batches per training epoch")
+    p.add_argument("--warmup", type=int, default=2, help="untimed first batches of epoch 1")
+    p.add_argument("--epochs", type=int, default=2, help="training epochs before the test AUC")
+    p.add_argument("--test-samples", type=int, default=8192)
+    p.add_argument("--users", type=int, default=2000)
+    p.add_argument("--items", type=int, default=20000)
+    p.add_argument("--clusters", type=int, default=32)
+    p.add_argument("--dense-dim", type=int, default=64, help="item side-vector width")
+    p.add_argument("--embedding-dim", type=int, default=16)
+    p.add_argument("--attention-dim", type=int, default=64)
+    p.add_argument("--num-heads", type=int, default=2)
+    p.add_argument("--topk", type=int, default=50)
+    p.add_argument("--learning-rate", type=float, default=5e-4)
+    p.add_argument("--seed", type=int, default=2024)
+    p.add_argument("--public-dir", default=None,
+                   help="an unpacked fuxictr-2.3.10 sdist (default: download to a temp folder)")
+    p.add_argument("--skip-public", action="store_true", help="measure ours only")
+    p.add_argument("--results", default=str(RESULTS), help="CSV to append to")
+    return p.parse_args(argv)
+
+
+# ----------------------------------------------------------------------------- data
+def write_dataset(out: Path, args: argparse.Namespace) -> dict:
+    """Synthetic prepared folder with a learnable signal; returns the dataset block."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(args.seed)
+    n_u, n_i, n_c = args.users, args.items, args.clusters
+    cluster = rng.integers(0, n_c, n_i + 1)  # (I+1,)
+    centroids = rng.standard_normal((n_c, args.dense_dim)).astype(np.float32)
+    title = centroids[cluster] + 0.7 * rng.standard_normal((n_i + 1, args.dense_dim),
+                                                            dtype=np.float32)
+    title[0] = 0.0
+    cate = (cluster + 1).astype(np.int64)
+    cate[0] = 0
+    by_cluster = [np.flatnonzero(cluster[1:] == c) + 1 for c in range(n_c)]
+    pref = rng.dirichlet(np.full(n_c, 0.3), n_u + 1)  # (U+1, C)
+    lengths = np.concatenate([[0], rng.integers(args.max_len // 2, args.max_len + 1, n_u)])
+    seqs = [_draw_items(rng, pref[u], by_cluster, n) for u, n in enumerate(lengths)]
+    pq.write_table(pa.table({
+        "user_index": np.arange(n_u + 1, dtype=np.int64),
+        "full_item_seq": pa.array(seqs, pa.list_(pa.int64())),
+        "chime_hist": _vectors(pref.astype(np.float32))}), out / "user_info.parquet")
+    pq.write_table(pa.table({
+        "item_index": np.arange(n_i + 1, dtype=np.int64),
+        "item_id": np.arange(n_i + 1, dtype=np.int64), "cate_id": cate,
+        "title_emb": _vectors(title)}), out / "item_info.parquet")
+    sizes = {"train": args.train_batches * args.batch_size, "valid": args.batch_size,
+             "test": args.test_samples}
+    for split, n in sizes.items():
+        users = rng.integers(1, n_u + 1, n)
+        own = rng.random(n) < 0.5  # half the targets from the user's own taste
+        target_c = np.where(own, _sample_rows(rng, pref[users]), rng.integers(0, n_c, n))
+        items = np.array([by_cluster[c][rng.integers(len(by_cluster[c]))] for c in target_c])
+        logit = LOGIT_SCALE * (pref[users, target_c] * n_c - 1.0) / np.sqrt(n_c) - 0.5
+        label = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(np.int64)
+        seq_len = rng.integers(lengths[users] // 2, lengths[users] + 1)
+        pq.write_table(pa.table({"user_index": users.astype(np.int64),
+                                 "item_index": items.astype(np.int64),
+                                 "seq_len": seq_len.astype(np.int64), "label": label}),
+                       out / f"{split}.parquet")
+    return dataset_block(out, args)
+
+
+def _draw_items(rng, pref: np.ndarray, by_cluster: list, n: int) -> list:
+    clusters = rng.choice(len(pref), size=n, p=pref)
+    return [int(by_cluster[c][rng.integers(len(by_cluster[c]))]) for c in clusters]
+
+
+def _sample_rows(rng, probs: np.ndarray) -> np.ndarray:
+    """One category index per row of ``probs`` (N, C)."""
+    cum = probs.cumsum(1)  # (N, C)
+    return np.minimum((cum < rng.random((len(probs), 1)) * cum[:, -1:]).sum(1),
+                      probs.shape[1] - 1)
+
+
+def _vectors(matrix: np.ndarray):
+    import pyarrow as pa
+
+    n, d = matrix.shape
+    offsets = np.arange(0, (n + 1) * d, d, dtype=np.int32)
+    return pa.ListArray.from_arrays(offsets, matrix.reshape(-1))  # (N * d,) flat
+
+
+def dataset_block(out: Path, args) -> dict:
+    return {
+        "data_format": "parquet", "rebuild_dataset": False,
+        **{f"{s}_data": str(out / f"{s}.parquet") for s in ("train", "valid", "test")},
+        "user_info": str(out / "user_info.parquet"), "item_info": str(out / "item_info.parquet"),
+        "feature_cols": [
+            {"name": ["user_index", "item_index", "seq_len"], "active": True, "dtype": "int",
+             "type": "meta"},
+            {"name": "item_id", "active": True, "dtype": "int", "type": "categorical",
+             "source": "item", "vocab_size": args.items + 1},
+            {"name": "cate_id", "active": True, "dtype": "int", "type": "categorical",
+             "source": "item", "vocab_size": args.clusters + 1},
+            {"name": "title_emb", "active": True, "dtype": "list", "type": "embedding",
+             "source": "item", "pretrain_dim": args.dense_dim,
+             "embedding_dim": args.embedding_dim},
+        ],
+        "label_col": {"name": "label", "dtype": "float"},
+    }
+
+
+# ----------------------------------------------------------------------------- public code
+def fetch_public(tmp: Path, public_dir: str | None) -> Path:
+    """The LongCTR folder of the fuxictr 2.3.10 sdist (downloaded into ``tmp`` if needed)."""
+    if public_dir:
+        root = Path(public_dir)
+    else:
+        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-binary",
+                        ":all:", "--no-deps", PUBLIC_SDIST, "-d", str(tmp)], check=True)
+        archive = next(tmp.glob("fuxictr-*.tar.gz"))
+        with tarfile.open(archive) as tar:
+            tar.extractall(tmp, filter="data")
+        root = tmp / archive.name[:-len(".tar.gz")]
+    longctr = root / "model_zoo" / "LongCTR"
+    if not (longctr / "__init__.py").exists():
+        raise SystemExit(f"{longctr}: no LongCTR package in the fuxictr sdist")
+    return longctr
+
+
+def import_public(longctr: Path):
+    """Import the LongCTR package and its loader from the unpacked sdist (no sys.path edit)."""
+    name = "longctr_public"
+    spec = importlib.util.spec_from_file_location(name, longctr / "__init__.py",
+                                                  submodule_search_locations=[str(longctr)])
+    package = importlib.util.module_from_spec(spec)
+    sys.modules[name] = package
+    spec.loader.exec_module(package)
+    spec = importlib.util.spec_from_file_location(f"{name}.longctr_dataloader",
+                                                  longctr / "longctr_dataloader.py")
+    loader = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(loader)
+    return package, loader.LongCTRDataLoader
+
+
+# ----------------------------------------------------------------------------- models
+def common_kwargs(args, model_root: str) -> dict:
+    return {"learning_rate": args.learning_rate, "embedding_dim": args.embedding_dim,
+            "dnn_hidden_units": [512, 128, 64], "dnn_activations": "ReLU",
+            "attention_dim": args.attention_dim, "num_heads": args.num_heads,
+            "attention_dropout": 0, "net_dropout": 0, "batch_norm": False, "topk": args.topk,
+            "hash_bits": 32, "num_hashes": 48, "optimizer": "adam",
+            "loss": "binary_crossentropy", "metrics": ["AUC", "logloss"], "verbose": 0,
+            "model_root": model_root, "accumulation_steps": 1, "embedding_regularizer": 0,
+            "net_regularizer": 0}
+
+
+def model_kwargs(model: str, impl: str, args) -> dict:
+    """Model-specific settings, the same for both implementations (names differ)."""
+    if impl == "public":
+        kw = {"short_seq_len": args.short_len + 1}  # theirs slices [-short_seq_len:-1]
+        if model == "SDIM":  # theirs: num_hashes signatures of hash_bits bits each
+            kw.update(num_hashes=48 // 3, hash_bits=3, l2_norm=True)
+        return kw
+    kw = {"short_len": args.short_len, "max_len": args.max_len}
+    if model == "SDIM":
+        kw["hash_bits"] = 3
+    if model == "TWIN":
+        kw["sync_every"] = 100
+    return kw
+
+
+def build_ours(model: str, feature_map, params: dict):
+    from fuxictr_chime.models import get_model
+
+    return get_model(model)(feature_map, model_id=f"ours_{model}", **params)
+
+
+def build_public(package, model: str, feature_map, params: dict):
+    return getattr(package, PUBLIC_NAMES[model])(feature_map, model_id=f"public_{model}",
+                                                 **params)
+
+
+def init_fit_state(model) -> None:
+    """Attributes ``BaseModel.fit`` sets before ``train_step`` may be called."""
+    model._max_gradient_norm = 10.0
+    model._best_metric, model._stopping_steps, model._stop_training = -np.inf, 0, False
+    model._steps_per_epoch = model._eval_steps = 10 ** 9
+    model._total_steps = model._batch_index = model._epoch_index = 0
+
+
+def train(model, make_loader, epochs: int, warmup: int) -> tuple[float, int]:
+    """Train ``epochs`` epochs; returns (seconds, samples) of epoch 1 after ``warmup`` batches."""
+    init_fit_state(model)
+    seconds, samples = 0.0, 0
+    for epoch in range(epochs):
+        model.train()
+        model._epoch_index = epoch
+        loader = make_loader()
+        start = time.perf_counter()
+        for i, batch in enumerate(loader):
+            if epoch == 0 and i == warmup:
+                start, samples = time.perf_counter(), 0
+            model._batch_index = i
+            model._total_steps += 1
+            model.train_step(batch)
+            samples += _batch_size(batch)
+        if epoch == 0:
+            seconds = time.perf_counter() - start
+    return seconds, samples
+
+
+def _batch_size(batch) -> int:
+    if isinstance(batch, dict):
+        return len(batch["item_seq"])
+    return len(batch[2])  # public: (batch_dict, item_dict, mask)
+
+
+def run_one(model: str, impl: str, args, data: dict, tmp: Path, public) -> dict:
+    import torch
+    from fuxictr.pytorch.torch_utils import seed_everything
+
+    from fuxictr_chime.data.features import build_feature_map
+    from fuxictr_chime.data.loader import LongSeqDataLoader
+
+    seed_everything(args.seed)
+    fmap = build_feature_map("bench", data, embedding_dim=args.embedding_dim)
+    params = {**common_kwargs(args, str(tmp / "ckpt")), **model_kwargs(model, impl, args)}
+    os.makedirs(tmp / "ckpt" / "bench", exist_ok=True)
+    if impl == "ours":
+        net = build_ours(model, fmap, {**params, "item_info": data["item_info"]})
+
+        def make(split, shuffle=False):
+            return LongSeqDataLoader(fmap, data[f"{split}_data"], split=split,
+                                     batch_size=args.batch_size, shuffle=shuffle,
+                                     user_info=data["user_info"], item_info=data["item_info"],
+                                     max_len=args.max_len, seed=args.seed)
+    else:
+        package, loader_cls = public
+        net = build_public(package, model, fmap, params)
+
+        def make(split, shuffle=False):
+            return loader_cls(fmap, data[f"{split}_data"], data["user_info"], data["item_info"],
+                              batch_size=args.batch_size, shuffle=shuffle, num_workers=1,
+                              max_len=args.max_len)
+    train_loader = make("train", shuffle=True)
+    seconds, samples = train(net, lambda: train_loader, args.epochs, args.warmup)
+    with torch.no_grad():
+        metrics = net.evaluate(make("test"), metrics=["AUC", "logloss"])
+    return {"samples_per_s": samples / seconds, "auc": float(metrics["AUC"]),
+            "logloss": float(metrics["logloss"]), "timed_samples": samples,
+            "timed_seconds": seconds}
+
+
+# ----------------------------------------------------------------------------- main
+def main(argv=None) -> int:
+    import torch
+
+    args = parse_args(argv)
+    command = " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv])
+    with tempfile.TemporaryDirectory(prefix="bench_tp_") as tmp_name:
+        tmp = Path(tmp_name)
+        (tmp / "data").mkdir()
+        start = time.perf_counter()
+        data = write_dataset(tmp / "data", args)
+        print(f"synthetic data written in {time.perf_counter() - start:.1f}s", flush=True)
+        public = None if args.skip_public else import_public(fetch_public(tmp, args.public_dir))
+        for model in args.models:
+            row = {"time_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                   "command": command, "cpu_count": os.cpu_count(),
+                   "torch_version": torch.__version__, "torch_threads": torch.get_num_threads(),
+                   "machine": platform.machine(), "model": model,
+                   "public_class": f"LongCTR.{PUBLIC_NAMES[model]} ({PUBLIC_SDIST} sdist)",
+                   "public_shims": PUBLIC_SHIMS, "batch_size": args.batch_size,
+                   "max_len": args.max_len, "train_batches": args.train_batches,
+                   "warmup": args.warmup, "epochs": args.epochs,
+                   "test_samples": args.test_samples}
+            for impl in ("ours", "public"):
+                if impl == "public" and public is None:
+                    continue
+                res = run_one(model, impl, args, data, tmp, public)
+                row.update({f"{impl}_{k}": round(v, 5) if isinstance(v, float) else v
+                            for k, v in res.items()})
+                print(f"{model} {impl}: {res['samples_per_s']:.0f} samples/s, "
+                      f"test AUC {res['auc']:.4f}", flush=True)
+            if public is not None:
+                row["speedup"] = round(row["ours_samples_per_s"] / row["public_samples_per_s"], 3)
+                row["auc_diff"] = round(row["ours_auc"] - row["public_auc"], 5)
+                row["goal_met"] = bool(row["speedup"] >= 3.0 and abs(row["auc_diff"]) <= 0.003)
+            append_row(Path(args.results), row)
+    return 0
+
+
+def append_row(path: Path, row: dict) -> None:
+    """Append one row (header written when the file is new or the columns changed)."""
+    from fuxictr_chime.models.runner import append_result_row
+
+    append_result_row(path, row)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
