@@ -7,8 +7,9 @@ signs of a fixed random projection (a buffer drawn from a ``torch.Generator`` se
 ``hash_seed``); the ``topk`` (50) behaviors with the smallest Hamming distance to the
 target's signature (ties: the most recent first) go to a multi-head target attention.
 Signatures are computed once per distinct item of the batch, on the current embeddings
-(end to end, as in the paper), and compared as packed 64-bit words. Plus the DIN
-short-sequence interest over the last ``short_len`` behaviors (LongCTR setup).
+(end to end, as in the paper), and compared as packed 64-bit words. Plus the
+short-sequence interest (softmax multi-head target attention over the last
+``short_len`` behaviors, as in LongCTR).
 """
 from __future__ import annotations
 

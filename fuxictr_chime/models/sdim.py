@@ -7,7 +7,8 @@ behaviors whose 3-bit code equals the target's are summed and L2-normalized; the
 interest is the mean over groups (no attention). The random projection is a buffer drawn
 from a ``torch.Generator`` seeded with ``hash_seed``. Codes are computed once per distinct
 item; the sums use ``F.embedding_bag`` over the batch's item table, so the (B, L, D)
-history is never materialized. Plus the DIN short-sequence interest (LongCTR setup).
+history is never materialized. Plus the short-sequence interest (softmax multi-head target attention over the last
+``short_len`` behaviors, as in LongCTR).
 """
 from __future__ import annotations
 

@@ -10,7 +10,8 @@ CHIME paper section 5.1 baseline, in the LongCTR setup:
 * GSU and ESU are trained jointly: the GSU's softmax(r)-weighted sum of the whole
   sequence feeds an auxiliary CTR head (an MLP like the final one, on [target, pooled
   sequence, other features]) whose log loss is added with weight ``aux_weight`` (1.0);
-* plus the DIN short-sequence interest over the last ``short_len`` behaviors.
+* plus the short-sequence interest: softmax multi-head target attention over the last
+  ``short_len`` behaviors, as in LongCTR.
 """
 from __future__ import annotations
 

@@ -8,7 +8,8 @@ ESU's query/key projections, held as buffers and copied from the ESU every ``syn
 (100) training batches (counted in the training step; also at construction). With H heads
 the GSU score is the mean over heads of the scaled logits, i.e. <W_q t, W_k h> up to a
 constant. TWIN's user-item cross features (the paper's K_c bias) do not exist in these
-datasets and are omitted. Plus the DIN short-sequence interest (LongCTR setup).
+datasets and are omitted. Plus the short-sequence interest (softmax multi-head target attention over the last
+``short_len`` behaviors, as in LongCTR).
 """
 from __future__ import annotations
 
