@@ -45,7 +45,8 @@ def zeroed_view(seed_view: str | os.PathLike, dst: str | os.PathLike, column: st
     if column not in table.column_names:
         raise DataError(f"{path}: no column '{column}'; export it first (bench table2 does)")
     width = len(table.column(column)[0].as_py())
-    zeros = pa.array([[0.0] * width] * table.num_rows, type=pa.list_(pa.float32()))
+    offsets = pa.array(np.arange(0, (table.num_rows + 1) * width, width, dtype=np.int32))
+    zeros = pa.ListArray.from_arrays(offsets, pa.array(np.zeros(table.num_rows * width, np.float32)))
     table = table.set_column(table.column_names.index(column), column, zeros)
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
