@@ -39,6 +39,19 @@ codebooks and dead-code replacement is off: the k-means initialization and the r
 vectors are drawn from rank 0's shard, not from the union (tests/compressor/
 test_compressor_distributed.py states the tolerances).
 
+Shutdown. :func:`destroy_distributed` (also registered with ``atexit``) must really free the
+group, so that gloo's worker threads are joined while the interpreter is alive. PyTorch's
+``torch.distributed.nn.functional`` binds ``group.WORLD`` as a default argument of ten
+functions when it is first imported; ``DistributedDataParallel`` imports it lazily (through
+``torch._dynamo``), i.e. after the group exists. Those defaults keep the ProcessGroup alive
+after ``destroy_process_group()``: the ranks then reach interpreter shutdown with gloo's
+``pt_gloo_runloop`` threads running, and a worker that drops the last reference to a
+collective's Python-owned tensors (``broadcast_object_list`` in :func:`on_main`) after
+finalization began must take the GIL, which ends the thread with a forced unwind through a
+``noexcept`` destructor: ``terminate called without an active exception``, SIGABRT.
+:func:`init_distributed` therefore imports that module *before* it creates the group (its
+defaults then bind ``None``); tests/compressor/gloo_exit.py reproduces the abort on demand.
+
 Evaluation, ``log.csv`` and checkpoints happen on rank 0 only (:func:`on_main`), with the model
 in eval mode, which never communicates; the other ranks wait. Every rank loads the same
 checkpoint on resume.
@@ -48,6 +61,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import datetime
+import importlib
 import logging
 import os
 from dataclasses import dataclass
@@ -114,6 +128,9 @@ def init_distributed(backend: str | None = None, timeout_minutes: float = 60.0) 
     backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
     if backend == "nccl":
         torch.cuda.set_device(local_rank)
+    # Import before the group exists: this module binds group.WORLD as default arguments at
+    # import time, which would keep the group (and gloo's threads) alive past destroy (see above).
+    importlib.import_module("torch.distributed.nn.functional")
     torch.distributed.init_process_group(backend, init_method="env://", rank=rank, world_size=world,
                                          timeout=datetime.timedelta(minutes=timeout_minutes))
     _OWNED = True

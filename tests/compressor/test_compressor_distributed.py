@@ -6,6 +6,7 @@ comes from torchrun-style environment variables (``init_distributed``) on a free
 """
 from __future__ import annotations
 
+import json
 import os
 import socket
 from pathlib import Path
@@ -74,12 +75,16 @@ def _concat(batches):
 
 def _all_scenarios(rank: int, port: int, work: str) -> None:
     """One spawn for every multi-process scenario (process start-up dominates their cost)."""
+    from .gloo_exit import native_threads
+
     _init_rank(rank, port)
     try:
         for scenario in (_loss_scenario, _steps_scenario, _train_scenario):
             scenario(rank, Path(work))
     finally:
         dist.destroy_distributed()
+    if Path("/proc/self/task").is_dir():
+        (Path(work) / f"threads_rank{rank}.json").write_text(json.dumps(native_threads()))
 
 
 @pytest.fixture(scope="module")
@@ -405,3 +410,16 @@ def test_torchrun_style_training_on_two_ranks_checkpoints_on_rank0_and_resumes(t
     again = torch.load(resumed / "last" / "model.pt", weights_only=True)
     for key, value in saved.items():
         torch.testing.assert_close(again[key], value, msg=key)
+
+
+# ---------------------------------------------------------------------------- clean exit (issue 15)
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads thread names from Linux /proc")
+def test_destroy_joins_gloo_threads_after_ddp_training(two_ranks):
+    """After DDP training, destroy_distributed() frees the group: gloo's worker and loop threads
+    are gone before the interpreter shuts down (the abort of issue 15 needs them alive; see
+    tests/compressor/gloo_exit.py)."""
+    from .gloo_exit import GLOO_THREADS
+
+    for rank in range(WORLD):
+        threads = json.loads((two_ranks / f"threads_rank{rank}.json").read_text())
+        assert not set(threads) & set(GLOO_THREADS), (rank, threads)
