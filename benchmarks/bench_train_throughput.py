@@ -208,12 +208,12 @@ def model_kwargs(model: str, impl: str, args) -> dict:
     """Model-specific settings, the same for both implementations (names differ)."""
     if impl == "public":
         kw = {"short_seq_len": args.short_len + 1}  # theirs slices [-short_seq_len:-1]
-        if model == "SDIM":  # theirs: num_hashes signatures of hash_bits bits each
-            kw.update(num_hashes=48 // 3, hash_bits=3, l2_norm=True)
+        if model == "SDIM":  # both: num_hashes signatures of hash_bits bits each (48 x 3)
+            kw.update(num_hashes=48, hash_bits=3, l2_norm=True)
         return kw
     kw = {"short_len": args.short_len, "max_len": args.max_len}
     if model == "SDIM":
-        kw["hash_bits"] = 3
+        kw.update(num_hashes=48, hash_bits=3)
     if model == "TWIN":
         kw["sync_every"] = 100
     return kw

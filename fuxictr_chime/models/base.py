@@ -12,18 +12,25 @@
   behaviors (DIN itself, and the short part of the long-sequence models as in LongCTR);
 * the final MLP (``MLP_Block`` -> sigmoid) over [target, interest vector(s), other
   feature embeddings (incl. the compressed column of a variant)];
-* the loss (main + weighted auxiliary outputs such as SimSoft's GSU head + any
-  ``aux_loss`` in the forward's dict), the training step with gradient accumulation, and
-  periodic parameter copies (TWIN's ESU -> GSU every ``sync_every`` training batches).
+* the loss (``main_weight`` x main + weighted auxiliary outputs such as SimSoft's GSU head +
+  any ``aux_loss`` in the forward's dict), the training step with gradient accumulation, and
+  periodic parameter copies (TWIN's ESU -> GSU every ``sync_every`` training batches);
+* the constructor's parameter names (:mod:`~fuxictr_chime.models.params`): once per
+  construction, LongCTR's names are mapped to ours or refused, and names no model knows are
+  reported with the closest known one;
+* the batches of LongCTR's own data loader (``model_zoo/LongCTR/longctr_dataloader.py``: a
+  tuple ``(batch_dict, item_dict, mask)``), converted by :meth:`LongSeqBase.batch_dict` into
+  the batch dict of :class:`~fuxictr_chime.data.loader.LongSeqDataLoader`.
 
 A subclass implements its constructor (build its layers, then call :meth:`finish`) and
 :meth:`interest` (its retrieval + attention step) and nothing else.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
-from typing import TYPE_CHECKING, Any, ClassVar, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Sequence
 
 import torch
 from fuxictr.pytorch.layers import DIN_Attention, FeatureEmbedding, MLP_Block
@@ -32,6 +39,7 @@ from torch import nn
 
 from ..errors import ConfigError, DataError
 from .item_table import DEFAULT_INITIALIZER, ItemHistory, ItemTable, item_feature_names
+from .params import resolve_params
 from .retrieval import TargetAttention
 
 if TYPE_CHECKING:
@@ -41,6 +49,25 @@ logger = logging.getLogger(__name__)
 
 COMPRESSED_COLUMNS = ("chime_hist", "learn_emb")  # user-level columns of stage 1 (spec 1, 4)
 EMBEDDED_TYPES = ("categorical", "numeric", "embedding", "sequence")
+ITEM_KEY_PREFERENCE = ("item_id",)  # item feature tried first to map LongCTR batches to rows
+
+
+def resolving_params(init: Callable[..., None]) -> Callable[..., None]:
+    """Wrap a model ``__init__``: the outermost call of a construction sorts the keyword
+    arguments with :func:`~fuxictr_chime.models.params.resolve_params` (LongCTR names mapped,
+    unknown names reported) before any constructor binds them; the explicit
+    ``short_attention_dim`` / ``short_num_heads`` are kept for :class:`LongSeqBase`, where
+    they win over the values the subclass passes. Inner (``super().__init__``) calls pass
+    through unchanged."""
+    @functools.wraps(init)
+    def wrapper(self, *args: Any, **kwargs: Any) -> None:
+        if "_param_overrides" not in self.__dict__:  # outermost call of this construction
+            kwargs, overrides = resolve_params(type(self), kwargs, root=LongSeqBase)
+            self.__dict__["_param_overrides"] = overrides  # before nn.Module.__init__
+        init(self, *args, **kwargs)
+
+    wrapper.resolves_params = True  # type: ignore[attr-defined]
+    return wrapper
 
 
 class LongSeqBase(BaseModel):
@@ -54,10 +81,15 @@ class LongSeqBase(BaseModel):
     ``din_use_softmax=False``), the default of DIN; ``"target"``, multi-head target attention
     (softmax, ``short_attention_dim=64``, ``short_num_heads=1``; the long-sequence models pass
     their ``attention_dim`` / ``num_heads``), the default of SimSoft, ETA, SDIM and TWIN, as in
-    the LongCTR implementations of those models. ``item_info``: path of ``item_info.parquet`` (the dataset
-    config's key, passed through the params). FuxiCTR keys ``model_root`` (required),
-    ``verbose`` (default 1), ``metrics`` (default AUC, logloss), ``optimizer`` (adam),
-    ``loss`` (binary_crossentropy) and ``task`` are taken from ``kwargs``.
+    the LongCTR implementations of those models. An explicit ``short_attention_dim`` /
+    ``short_num_heads`` in the params wins over the model's ``attention_dim`` / ``num_heads``.
+    ``use_scale=True``: every target attention of the model (short part, ESU) divides its
+    logits by sqrt(head width), as LongCTR's ``use_scale``. ``item_info``: path of
+    ``item_info.parquet`` (the dataset config's key, passed through the params). FuxiCTR keys
+    ``model_root`` (required), ``verbose`` (default 1), ``metrics`` (default AUC, logloss),
+    ``optimizer`` (adam), ``loss`` (binary_crossentropy) and ``task`` are taken from
+    ``kwargs``. LongCTR parameter names are mapped, accepted, refused or reported as
+    :mod:`~fuxictr_chime.models.params` says (one log line each).
 
     A history longer than ``max_len`` keeps its most recent ``max_len`` behaviors (logged
     once); an empty history (all positions masked) gives zero interest vectors and a
@@ -68,6 +100,13 @@ class LongSeqBase(BaseModel):
     uses_long_sequence: ClassVar[bool] = True  # False: only the last short_len behaviors (DIN)
     default_short_attention: ClassVar[str] = "target"  # "din" for DIN
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is not None and not getattr(init, "resolves_params", False):
+            cls.__init__ = resolving_params(init)
+
+    @resolving_params
     def __init__(self, feature_map: "FeatureMap", model_id: str | None = None, gpu: int = -1,
                  learning_rate: float = 5.e-4, embedding_dim: int = 16, *,
                  short_len: int = 30, max_len: int = 1000,
@@ -80,9 +119,12 @@ class LongSeqBase(BaseModel):
                  attention_output_activation: str | None = None,
                  attention_dropout: float = 0.0, din_use_softmax: bool = False,
                  short_attention: str | None = None, short_attention_dim: int = 64,
-                 short_num_heads: int = 1,
+                 short_num_heads: int = 1, use_scale: bool = True,
                  item_info: str | os.PathLike | None = None,
                  embedding_initializer: str = DEFAULT_INITIALIZER, **kwargs: Any) -> None:
+        overrides = self.__dict__.get("_param_overrides", {})
+        short_attention_dim = overrides.get("short_attention_dim", short_attention_dim)
+        short_num_heads = overrides.get("short_num_heads", short_num_heads)
         if "model_root" not in kwargs:
             raise ConfigError(f"{type(self).__name__}: missing 'model_root' (checkpoint folder)")
         kwargs.setdefault("verbose", 1)
@@ -95,6 +137,8 @@ class LongSeqBase(BaseModel):
         self.accumulation_steps = int(accumulation_steps)
         self.embedding_dim = int(embedding_dim)
         self.learning_rate = float(learning_rate)
+        self.use_scale = bool(use_scale)
+        self.main_weight = 1.0  # weight of the main loss (SimSoft: esu_weight)
         self._optimizer_name = kwargs.get("optimizer", "adam")
         self._loss_name = kwargs.get("loss", "binary_crossentropy")
         self.dnn_kwargs = {"hidden_units": [int(u) for u in dnn_hidden_units],
@@ -119,7 +163,8 @@ class LongSeqBase(BaseModel):
                 use_softmax=bool(din_use_softmax))
         elif kind == "target":
             self.short_attention = TargetAttention(self.item_dim, int(short_attention_dim),
-                                                   int(short_num_heads), attention_dropout)
+                                                   int(short_num_heads), attention_dropout,
+                                                   use_scale=self.use_scale)
         else:
             raise ConfigError(f"{type(self).__name__}: short_attention must be 'din' or 'target', "
                               f"got {kind!r}")
@@ -128,6 +173,7 @@ class LongSeqBase(BaseModel):
         self._copies: list[tuple[str, str]] = []  # (buffer name, parameter name)
         self._train_batches = 0
         self._warned_truncation = False
+        self._item_key: tuple[str, torch.Tensor] | None = None  # LongCTR batches: value -> row
         self.dnn: nn.Module | None = None
 
     # ------------------------------------------------------------------ construction
@@ -187,20 +233,127 @@ class LongSeqBase(BaseModel):
                          output_activation=self.output_activation, **self.dnn_kwargs)
 
     # ------------------------------------------------------------------ inputs
-    def get_inputs(self, inputs: dict, feature_source: Any = None) -> dict[str, torch.Tensor]:
+    def batch_dict(self, inputs: dict | Sequence) -> dict[str, torch.Tensor]:
+        """The batch as :class:`~fuxictr_chime.data.loader.LongSeqDataLoader` yields it.
+
+        A dict passes unchanged. A batch of LongCTR's data loader (FuxiCTR 2.3.10 sdist,
+        ``model_zoo/LongCTR/longctr_dataloader.py``, ``BatchCollator.__call__``) is a tuple
+        ``(batch_dict, item_dict, mask)``: ``batch_dict`` the sample columns (B,) (labels,
+        ``user_index``, ``item_index``, ``seq_len``, context features; one dtype for all,
+        often float64), ``item_dict`` the item_info features of every position, flattened
+        (B * (L+1), ...) with the L left-padded behaviors first and the target last, and
+        ``mask`` (B, L) float, 1 at valid behaviors. It becomes the sample columns plus
+        ``item_seq`` (B, L+1) int64 item_info rows (padding 0, target last: ``item_index``
+        when present), ``seq_mask`` (B, L) bool and the target's item features (B, ...).
+        Item rows are recovered from a categorical item feature that is unique per item_info
+        row (``item_id`` first); DataError if there is none or a value is not in item_info.
+        """
+        if isinstance(inputs, dict):
+            return inputs
+        columns, items, mask = self._longctr_parts(inputs)
+        batch, length = mask.shape
+        seq_mask = mask.to(torch.float32) > 0  # (B, L)
+        rows = self._item_rows(items, batch, length + 1)  # (B, L+1)
+        rows[:, :-1] = rows[:, :-1] * seq_mask  # padding -> row 0
+        if "item_index" in columns:
+            rows[:, -1] = torch.as_tensor(columns["item_index"]).reshape(-1).to(torch.int64)
+        bad = ((rows[:, :-1] < 0) & seq_mask).any(1) | (rows[:, -1] < 0)  # (B,)
+        if bool(bad.any()):
+            raise DataError(f"LongCTR batch: item(s) of sample {int(bad.nonzero()[0, 0])} are "
+                            f"not in {self.item_table.path} (by '{self._item_key[0]}')")
+        out = dict(columns)
+        for name, value in items.items():  # the target's item features, as our loader adds
+            if name not in out:
+                value = torch.as_tensor(value)
+                out[name] = value.reshape(batch, length + 1, *value.shape[1:])[:, -1]  # (B, ...)
+        out["item_seq"], out["seq_mask"] = rows, seq_mask
+        return out
+
+    @staticmethod
+    def _longctr_parts(inputs: Any) -> tuple[dict, dict, torch.Tensor]:
+        if not (isinstance(inputs, (tuple, list)) and len(inputs) == 3
+                and isinstance(inputs[0], dict) and isinstance(inputs[1], dict)):
+            raise DataError(f"a batch must be a dict (LongSeqDataLoader) or LongCTR's "
+                            f"(batch_dict, item_dict, mask) tuple, got {type(inputs).__name__}")
+        mask = torch.as_tensor(inputs[2])
+        if mask.dim() != 2:
+            raise DataError(f"LongCTR batch: mask must be (B, L), got {tuple(mask.shape)}")
+        return inputs[0], inputs[1], mask
+
+    def _item_rows(self, items: dict, batch: int, positions: int) -> torch.Tensor:
+        """item_info rows (B, P) int64 of LongCTR's flattened item features; -1 if unknown."""
+        name, lookup = self._item_key_lookup()
+        if name not in items:
+            raise DataError(f"LongCTR batch: item_dict lacks the item feature '{name}'")
+        values = torch.as_tensor(items[name]).reshape(-1)
+        if values.numel() != batch * positions:
+            raise DataError(f"LongCTR batch: item_dict['{name}'] has {values.numel()} values, "
+                            f"expected B * (L+1) = {batch * positions}")
+        values = values.to(torch.int64).view(batch, positions).cpu()  # (B, P)
+        inside = (values >= 0) & (values < len(lookup))
+        return torch.where(inside, lookup[values.clamp(0, len(lookup) - 1)],
+                           torch.full_like(values, -1))  # (B, P)
+
+    def _item_key_lookup(self) -> tuple[str, torch.Tensor]:
+        """(feature, value -> item_info row) for the first categorical item feature whose
+        values are distinct over the real items (rows 1..N-1); built once."""
+        if self._item_key is not None:
+            return self._item_key
+        table = self.item_table
+        names = [n for n in ITEM_KEY_PREFERENCE if n in table.feature_names]
+        names += [n for n in table.feature_names if n not in names
+                  and self.feature_map.features[n].get("type") == "categorical"]
+        all_rows = torch.arange(table.num_items, device=self.device)
+        for name in names:
+            values = table.features(all_rows)[name].reshape(table.num_items, -1)  # (N, w)
+            if values.shape[1] != 1:
+                continue
+            values = values[:, 0].cpu()  # (N,)
+            real = values[1:]
+            if len(real) and (int(real.min()) < 0 or len(torch.unique(real)) != len(real)):
+                continue
+            lookup = torch.full((int(values.max()) + 1,), -1, dtype=torch.int64)
+            lookup[values[0]] = 0
+            lookup[real] = torch.arange(1, table.num_items)
+            self._item_key = (name, lookup)
+            return self._item_key
+        raise DataError(f"LongCTR batches carry item features, not item indices; mapping them "
+                        f"to item_info rows needs a categorical item feature with one value "
+                        f"per item (e.g. item_id), and none of {table.feature_names} is")
+
+    @staticmethod
+    def _columns(inputs: dict | Sequence) -> dict:
+        """The sample columns: the batch dict itself, or LongCTR's ``batch_dict``."""
+        return inputs if isinstance(inputs, dict) else LongSeqBase._longctr_parts(inputs)[0]
+
+    def get_labels(self, inputs: dict | Sequence) -> torch.Tensor:
+        """(B, 1) float labels of a batch dict or of a LongCTR tuple batch."""
+        return super().get_labels(self._columns(inputs))
+
+    def get_group_id(self, inputs: dict | Sequence) -> torch.Tensor:
+        """(B,) group ids (``group_id`` column, e.g. user_index) of either batch format."""
+        return self._columns(inputs)[self.feature_map.group_id]
+
+    def get_inputs(self, inputs: dict | Sequence,
+                   feature_source: Any = None) -> dict[str, torch.Tensor]:
         """The context features of the batch (the ones :attr:`embedding_layer` embeds)."""
+        inputs = self._columns(inputs)
         missing = [name for name in self.context_features if name not in inputs]
         if missing:
             raise DataError(f"batch lacks feature column(s) {missing}; is the data loader "
                             f"LongSeqDataLoader and is the column in the data files?")
         return {name: inputs[name].to(self.device) for name in self.context_features}
 
-    def get_history(self, inputs: dict) -> ItemHistory:
+    def get_history(self, inputs: dict | Sequence) -> ItemHistory:
         """``item_seq`` / ``seq_mask`` of the batch as an :class:`ItemHistory`."""
+        inputs = self.batch_dict(inputs)
         for key in ("item_seq", "seq_mask"):
             if key not in inputs:
-                raise DataError(f"batch lacks '{key}': sequence models need "
-                                f"fuxictr_chime.data.loader.LongSeqDataLoader batches")
+                raise DataError(f"batch lacks '{key}': {type(self).__name__} needs the long-sequence "
+                                f"loader's batches (history from user_info.parquet); FuxiCTR's default "
+                                f"loader has none. Set params['data_loader'] = LongSeqDataLoader "
+                                f"(from fuxictr_chime.data.loader import LongSeqDataLoader) before "
+                                f"RankDataLoader, or use `fuxictr-chime run`")
         item_seq = inputs["item_seq"].to(self.device)  # (B, L+1)
         mask = inputs["seq_mask"].to(self.device).bool()  # (B, L)
         if item_seq.dim() != 2 or mask.shape != (item_seq.shape[0], item_seq.shape[1] - 1):
@@ -240,10 +393,12 @@ class LongSeqBase(BaseModel):
         other keys (e.g. an auxiliary prediction) are passed to the forward's dict."""
         raise NotImplementedError
 
-    def forward(self, inputs: dict) -> dict[str, torch.Tensor]:
-        """Batch dict -> ``{"y_pred": (B, 1), ...}`` (plus the subclass's extra outputs)."""
+    def forward(self, inputs: dict | Sequence) -> dict[str, torch.Tensor]:
+        """Batch dict (or LongCTR tuple batch) -> ``{"y_pred": (B, 1), ...}`` (plus the
+        subclass's extra outputs)."""
         if self.dnn is None:
             raise ConfigError(f"{type(self).__name__}: the constructor must call finish()")
+        inputs = self.batch_dict(inputs)
         history = self.get_history(inputs)
         target = history.target  # (B, D)
         context = self.embed_context(inputs, target.shape[0])  # (B, C)
@@ -258,8 +413,9 @@ class LongSeqBase(BaseModel):
         super().save_weights(checkpoint)
 
     def add_loss(self, return_dict: dict, y_true: torch.Tensor) -> torch.Tensor:
-        """Main loss + weighted losses of the auxiliary outputs + ``aux_loss`` if present."""
-        loss = self.loss_fn(return_dict["y_pred"], y_true, reduction="mean")
+        """``main_weight`` x main loss + weighted losses of the auxiliary outputs +
+        ``aux_loss`` if present."""
+        loss = self.main_weight * self.loss_fn(return_dict["y_pred"], y_true, reduction="mean")
         for key, weight in self.aux_outputs.items():
             if key in return_dict and weight:
                 loss = loss + weight * self.loss_fn(return_dict[key], y_true, reduction="mean")
@@ -267,10 +423,11 @@ class LongSeqBase(BaseModel):
             loss = loss + return_dict["aux_loss"]
         return loss
 
-    def train_step(self, batch_data: dict) -> torch.Tensor:
+    def train_step(self, batch_data: dict | Sequence) -> torch.Tensor:
         """Forward, backward of loss / ``accumulation_steps``; an optimizer step (with
         gradient clipping at ``max_gradient_norm``) every ``accumulation_steps`` batches;
         registered copies every ``sync_every`` batches. Returns the batch loss."""
+        batch_data = self.batch_dict(batch_data)
         return_dict = self.forward(batch_data)
         loss = self.compute_loss(return_dict, self.get_labels(batch_data))
         (loss / self.accumulation_steps).backward()

@@ -7,7 +7,9 @@ signs of a fixed random projection (a buffer drawn from a ``torch.Generator`` se
 ``hash_seed``); the ``topk`` (50) behaviors with the smallest Hamming distance to the
 target's signature (ties: the most recent first) go to a multi-head target attention.
 Signatures are computed once per distinct item of the batch, on the current embeddings
-(end to end, as in the paper), and compared as packed 64-bit words. Plus the
+(end to end, as in the paper), and compared as packed 64-bit words. ``reuse_hash=False``
+(LongCTR's option) hashes every batch with a fresh projection from the global torch RNG
+(LongCTR: one per sample). Plus the
 short-sequence interest (softmax multi-head target attention over the last
 ``short_len`` behaviors, as in LongCTR).
 """
@@ -28,11 +30,13 @@ if TYPE_CHECKING:
 
 
 class ETA(LongSeqBase):
-    """ETA. Defaults: ``topk=50``, ``hash_bits=32`` (1..64), ``hash_seed`` = the
-    experiment ``seed`` if given else 0, ``attention_dim=64``, ``num_heads=1``."""
+    """ETA. Defaults: ``topk=50``, ``hash_bits=32`` (1..64), ``reuse_hash=True``,
+    ``hash_seed`` = the experiment ``seed`` if given else 0, ``attention_dim=64``,
+    ``num_heads=1``."""
 
     def __init__(self, feature_map: "FeatureMap", model_id: str | None = None, gpu: int = -1,
-                 *, topk: int = 50, hash_bits: int = 32, hash_seed: int | None = None,
+                 *, topk: int = 50, hash_bits: int = 32, reuse_hash: bool = True,
+                 hash_seed: int | None = None,
                  attention_dim: int = 64, num_heads: int = 1, attention_dropout: float = 0.0,
                  **kwargs: Any) -> None:
         super().__init__(feature_map, model_id, gpu, attention_dropout=attention_dropout,
@@ -40,16 +44,18 @@ class ETA(LongSeqBase):
                          **kwargs)
         if not 1 <= int(hash_bits) <= 64:
             raise ConfigError(f"ETA: hash_bits must be in 1..64, got {hash_bits}")
-        self.topk = int(topk)
+        self.topk, self.reuse_hash = int(topk), bool(reuse_hash)
         seed = hash_seed if hash_seed is not None else kwargs.get("seed") or 0
         self.simhash = SimHash(self.item_dim, int(hash_bits), seed=int(seed))
-        self.esu = TargetAttention(self.item_dim, attention_dim, num_heads, attention_dropout)
+        self.esu = TargetAttention(self.item_dim, attention_dim, num_heads, attention_dropout,
+                                   use_scale=self.use_scale)
         self.finish(interest_dim=2 * self.item_dim)
 
     def interest(self, target: torch.Tensor, history: ItemHistory,
                  context: torch.Tensor) -> dict[str, torch.Tensor]:
         with torch.no_grad():
-            signature = pack_bits(self.simhash(history.table))  # (U,) int64
+            bits = self.simhash(history.table, resample=not self.reuse_hash)  # (U, m)
+            signature = pack_bits(bits)  # (U,) int64
             distance = hamming_distance(signature[history.index],
                                         signature[history.target_index].unsqueeze(1))  # (B, L)
         rows, rows_mask = topk_gather(recency_tiebreak(distance), history.mask, self.topk,

@@ -1,11 +1,16 @@
 """Model registry: ``get_model(name)`` for the ranking models of the utilization stage.
 
-Fifteen built-in names (CHIME paper Table 2): ``DIN, SimSoft, ETA, SDIM, TWIN`` and, for
+Eighteen built-in names: the CHIME paper's ``DIN, SimSoft, ETA, SDIM, TWIN`` (Table 2), ``MIRRN`` (LongCTR) and, for
 each, ``<Model>_CHIME`` (+ the ``chime_hist`` column) and ``<Model>_LEARN`` (+ the
 ``learn_emb`` column). The variants are real subclasses made by :func:`make_variant`, each
 with its own ``__name__``. Plugins add names with :func:`register_model`; a
 ``"module.path:ClassName"`` string imports that class with importlib (never ``eval``), so
 an external FuxiCTR-style model plugs in through the config alone.
+
+Aliases (:data:`ALIASES`): LongCTR's ``SIM`` (``model_zoo/LongCTR/SIM/SIM.py``: SIM with
+soft search, ``gsu_type: soft`` only) is ``SimSoft`` here, so ``model: SIM`` /
+``SIM_CHIME`` / ``SIM_LEARN`` give the ``SimSoft`` / ``SimSoft_CHIME`` / ``SimSoft_LEARN``
+classes. Aliases are not in ``MODEL_NAMES`` (the canonical names of the result tables).
 """
 from __future__ import annotations
 
@@ -18,12 +23,15 @@ from ..errors import ConfigError
 from .base import LongSeqBase
 from .din import DIN
 from .eta import ETA
+from .mirrn import MIRRN
 from .sdim import SDIM
 from .simsoft import SimSoft
 from .twin import TWIN
 
-BASE_MODELS = (DIN, SimSoft, ETA, SDIM, TWIN)
+BASE_MODELS = (DIN, SimSoft, ETA, SDIM, TWIN, MIRRN)
 VARIANTS = {"_CHIME": "chime_hist", "_LEARN": "learn_emb"}  # name suffix -> user column
+# other names of registered models: LongCTR's SIM (soft search) is SimSoft
+ALIASES = {"SIM" + suffix: "SimSoft" + suffix for suffix in ("", *VARIANTS)}
 
 _REGISTRY: dict[str, type] = {}
 
@@ -45,6 +53,8 @@ def register_model(name: str, cls: type) -> None:
     if not (isinstance(cls, type) and issubclass(cls, BaseModel)):
         raise ConfigError(f"register_model('{name}'): {cls!r} is not a "
                           f"fuxictr.pytorch.models.BaseModel subclass")
+    if name in ALIASES:
+        raise ConfigError(f"model name '{name}' is an alias of '{ALIASES[name]}'")
     if name in _REGISTRY and _REGISTRY[name] is not cls:
         raise ConfigError(f"model name '{name}' is already registered "
                           f"({_REGISTRY[name].__module__}.{_REGISTRY[name].__qualname__})")
@@ -65,14 +75,17 @@ def get_model(name: str) -> type:
         raise ConfigError(f"model name must be a non-empty string, got {name!r}")
     if name in _REGISTRY:
         return _REGISTRY[name]
+    if name in ALIASES:
+        return _REGISTRY[ALIASES[name]]
     if ":" in name:
         return _import_class(name)
-    close = difflib.get_close_matches(name, list(_REGISTRY), n=1, cutoff=0.5)
+    close = difflib.get_close_matches(name, [*_REGISTRY, *ALIASES], n=1, cutoff=0.5)
     if not close:
         lowered = {k.lower(): k for k in _REGISTRY}
         close = [lowered[name.lower()]] if name.lower() in lowered else []
     hint = f" Did you mean '{close[0]}'?" if close else ""
-    raise ConfigError(f"unknown model '{name}'.{hint} Known models: {', '.join(_REGISTRY)}; "
+    raise ConfigError(f"unknown model '{name}'.{hint} Known models: {', '.join(_REGISTRY)} "
+                      f"(aliases: {', '.join(ALIASES)}); "
                       f"or give 'module.path:ClassName' of a FuxiCTR BaseModel subclass")
 
 
@@ -102,5 +115,6 @@ def _register_builtins() -> None:
 
 _register_builtins()
 MODEL_NAMES = tuple(_REGISTRY)
+globals().update({alias: _REGISTRY[name] for alias, name in ALIASES.items()})
 __all__ = ["get_model", "register_model", "registered_names", "make_variant", "MODEL_NAMES",
-           "BASE_MODELS", "LongSeqBase"]
+           "BASE_MODELS", "ALIASES", "LongSeqBase", *MODEL_NAMES, *ALIASES]

@@ -11,8 +11,11 @@ reference implementation next to it (``*_reference``); tests check that both agr
   (ESU; the parameter layout of FuxiCTR's ``MultiHeadTargetAttention``, plus a guard for
   rows without any valid behavior). Reference: :func:`target_attention_reference`.
 * :class:`SimHash` - sign random projections from a seeded ``torch.Generator`` held as a
-  buffer: ETA's signatures (:func:`pack_bits`, :func:`hamming_distance`) and SDIM's hash
-  buckets (:func:`bucket_codes`, :func:`sdim_aggregate`).
+  buffer: ETA's signatures (:func:`pack_bits`, :func:`hamming_distance`) and SDIM's
+  ``num_hashes`` signatures of ``hash_bits`` bits (:func:`bucket_codes`,
+  :func:`sdim_aggregate`, composed by :func:`sdim_interest`). References:
+  :func:`sdim_aggregate_reference` (dense history) and :func:`sdim_interest_reference`
+  (a loop over samples, signatures and behaviors, hashing as LongCTR's ``SDIM.lsh_hash``).
 """
 from __future__ import annotations
 
@@ -28,7 +31,8 @@ __all__ = [
     "masked_softmax", "topk_gather", "topk_gather_reference", "recency_tiebreak",
     "TargetAttention", "target_attention", "target_attention_reference",
     "SimHash", "pack_bits", "popcount", "hamming_distance", "hamming_distance_reference",
-    "bucket_codes", "sdim_aggregate", "sdim_aggregate_reference",
+    "bucket_codes", "sdim_aggregate", "sdim_aggregate_reference", "sdim_interest",
+    "sdim_hash_reference", "sdim_interest_reference",
 ]
 
 
@@ -200,9 +204,14 @@ class SimHash(nn.Module):
         self.register_buffer("projection", torch.randn(input_dim, num_bits, generator=gen))
         self.num_bits = int(num_bits)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(..., D) -> (..., num_bits) bool signature bits."""
-        return torch.matmul(x.detach(), self.projection) > 0  # (..., m)
+    def forward(self, x: torch.Tensor, resample: bool = False) -> torch.Tensor:
+        """(..., D) -> (..., num_bits) bool signature bits.
+
+        ``resample=True`` hashes with a fresh N(0, 1) projection drawn from the global torch
+        RNG for this call only (LongCTR's ``reuse_hash=False``); the buffer is unchanged.
+        """
+        projection = torch.randn_like(self.projection) if resample else self.projection
+        return torch.matmul(x.detach(), projection) > 0  # (..., m)
 
 
 def pack_bits(bits: torch.Tensor) -> torch.Tensor:
@@ -238,7 +247,12 @@ def hamming_distance_reference(bits_a: torch.Tensor, bits_b: torch.Tensor) -> to
 
 
 def bucket_codes(bits: torch.Tensor, width: int) -> torch.Tensor:
-    """SDIM buckets: (..., G * width) bool -> (..., G) int64, each group read as a number."""
+    """SDIM buckets: (..., H * width) bool -> (..., H) int64.
+
+    Signature h is made of bits ``h * width .. h * width + width - 1`` (LongCTR's random
+    rotations (D, num_hashes, hash_bits), flattened), read as a little-endian number (bit t
+    weighs 2**t, LongCTR's ``powers_of_two``). ``width`` <= 62.
+    """
     groups = bits.shape[-1] // width
     grouped = bits.reshape(*bits.shape[:-1], groups, width).to(torch.int64)  # (..., G, w)
     weights = 2 ** torch.arange(width, device=bits.device)  # (w,)
@@ -250,18 +264,19 @@ def sdim_aggregate(table: torch.Tensor, index: torch.Tensor, mask: torch.Tensor,
                    l2_norm: bool = True) -> torch.Tensor:
     """SDIM interest without materializing the (B, L, D) history.
 
-    For every sample b and hash group g, the behaviors whose bucket code equals the
-    target's are summed (``F.embedding_bag`` over the rows of ``table``), L2-normalized
-    when ``l2_norm``, then averaged over groups.
+    For every sample b and signature (hash function) g, the valid behaviors whose code
+    equals the target's are summed (``F.embedding_bag`` over the rows of ``table``),
+    L2-normalized when ``l2_norm``, then averaged over the signatures (LongCTR's
+    ``SDIM.lsh_attentioin``).
 
     Args:
         table: (U, D) embeddings of the distinct items of the batch.
         index: (B, L) row of ``table`` per history position. mask: (B, L) bool.
-        codes: (U, G) int64 bucket code per distinct item and group.
+        codes: (U, G) int64 code per distinct item and signature.
         target_index: (B,) row of ``table`` of each target.
 
     Returns:
-        (B, D); zero where no behavior collides with the target in any group.
+        (B, D); zero where no behavior collides with the target in any signature.
     """
     batch, groups = index.shape[0], codes.shape[1]
     collide = codes[index] == codes[target_index].unsqueeze(1)  # (B, L, G)
@@ -291,3 +306,61 @@ def sdim_aggregate_reference(history: torch.Tensor, mask: torch.Tensor,
     if l2_norm:
         sums = F.normalize(sums, dim=-1)
     return sums.mean(1)  # (B, D)
+
+
+def sdim_interest(table: torch.Tensor, index: torch.Tensor, mask: torch.Tensor,
+                  target_index: torch.Tensor, bits: torch.Tensor, hash_bits: int,
+                  l2_norm: bool = True) -> torch.Tensor:
+    """SDIM's long-term interest, fast path: codes once per distinct item, sums by
+    ``F.embedding_bag`` (:func:`sdim_aggregate`).
+
+    Args:
+        table, index, mask, target_index: as :func:`sdim_aggregate`.
+        bits: (U, num_hashes * hash_bits) bool SimHash bits of the rows of ``table``.
+        hash_bits: bits per signature.
+
+    Returns:
+        (B, D).
+    """
+    codes = bucket_codes(bits, hash_bits)  # (U, H)
+    return sdim_aggregate(table, index, mask, codes, target_index, l2_norm)  # (B, D)
+
+
+def sdim_hash_reference(vecs: torch.Tensor, projection: torch.Tensor, num_hashes: int,
+                        hash_bits: int) -> torch.Tensor:
+    """SDIM codes the way LongCTR's ``SDIM.lsh_hash`` computes them: rotate with the
+    projection viewed as (D, num_hashes, hash_bits), take the argmax of [-r, r] per bit
+    (1 where r > 0), and read each signature's bits with weights 2**t.
+
+    vecs (..., D), projection (D, num_hashes * hash_bits) -> (..., num_hashes) int64.
+    """
+    rotations = projection.view(projection.shape[0], num_hashes, hash_bits)  # (D, H, b)
+    rotated = torch.einsum("...d,dht->...ht", vecs, rotations).unsqueeze(-1)  # (..., H, b, 1)
+    bits = torch.cat([-rotated, rotated], dim=-1).argmax(-1)  # (..., H, b)
+    powers = 2 ** torch.arange(hash_bits, device=vecs.device)  # (b,)
+    return (bits * powers).sum(-1)  # (..., H)
+
+
+def sdim_interest_reference(history: torch.Tensor, mask: torch.Tensor, target: torch.Tensor,
+                            projection: torch.Tensor, num_hashes: int, hash_bits: int,
+                            l2_norm: bool = True) -> torch.Tensor:
+    """Brute force SDIM interest: for every sample, every signature h and every valid
+    behavior l, add behavior l when its h-th code equals the target's; normalize each
+    signature's sum when ``l2_norm``; average over the ``num_hashes`` signatures.
+
+    history (B, L, D), mask (B, L) bool, target (B, D), projection
+    (D, num_hashes * hash_bits) -> (B, D).
+    """
+    seq_codes = sdim_hash_reference(history.detach(), projection, num_hashes, hash_bits)
+    target_codes = sdim_hash_reference(target.detach(), projection, num_hashes, hash_bits)
+    rows = []
+    for b in range(history.shape[0]):
+        per_hash = []
+        for h in range(num_hashes):
+            total = history.new_zeros(history.shape[-1])  # (D,)
+            for pos in range(history.shape[1]):
+                if bool(mask[b, pos]) and int(seq_codes[b, pos, h]) == int(target_codes[b, h]):
+                    total = total + history[b, pos]
+            per_hash.append(F.normalize(total, dim=0) if l2_norm else total)
+        rows.append(torch.stack(per_hash).mean(0))  # (D,)
+    return torch.stack(rows)  # (B, D)

@@ -9,9 +9,14 @@ CHIME paper section 5.1 baseline, in the LongCTR setup:
 * the top ``topk`` (50) behaviors by r go to the ESU, a multi-head target attention;
 * GSU and ESU are trained jointly: the GSU's softmax(r)-weighted sum of the whole
   sequence feeds an auxiliary CTR head (an MLP like the final one, on [target, pooled
-  sequence, other features]) whose log loss is added with weight ``aux_weight`` (1.0);
+  sequence, other features]); the loss is ``esu_weight`` (1.0) x main log loss +
+  ``aux_weight`` (1.0) x auxiliary log loss (LongCTR's ``beta`` and ``alpha``, which map
+  to them);
 * plus the short-sequence interest: softmax multi-head target attention over the last
   ``short_len`` behaviors, as in LongCTR.
+
+This is LongCTR's ``SIM`` (``model_zoo/LongCTR/SIM/SIM.py``, soft search only), registered
+under the aliases ``SIM``, ``SIM_CHIME``, ``SIM_LEARN`` too.
 """
 from __future__ import annotations
 
@@ -31,12 +36,13 @@ if TYPE_CHECKING:
 
 class SimSoft(LongSeqBase):
     """SIM soft search. Defaults: ``topk=50``, ``attention_dim=64``, ``num_heads=1``,
-    ``attention_dropout=0``, ``aux_weight=1.0``; base defaults in :class:`LongSeqBase`."""
+    ``attention_dropout=0``, ``aux_weight=1.0``, ``esu_weight=1.0``; base defaults in
+    :class:`LongSeqBase`."""
 
     def __init__(self, feature_map: "FeatureMap", model_id: str | None = None, gpu: int = -1,
                  *, topk: int = 50, attention_dim: int = 64, num_heads: int = 1,
                  attention_dropout: float = 0.0, aux_weight: float = 1.0,
-                 **kwargs: Any) -> None:
+                 esu_weight: float = 1.0, **kwargs: Any) -> None:
         super().__init__(feature_map, model_id, gpu, attention_dropout=attention_dropout,
                          short_attention_dim=attention_dim, short_num_heads=num_heads,
                          **kwargs)
@@ -44,9 +50,11 @@ class SimSoft(LongSeqBase):
         self.gsu_query = nn.Linear(self.item_dim, attention_dim, bias=False)  # W_a
         self.gsu_key = nn.Linear(self.item_dim, attention_dim, bias=False)  # W_b
         self.gsu_scale = math.sqrt(attention_dim)
-        self.esu = TargetAttention(self.item_dim, attention_dim, num_heads, attention_dropout)
+        self.esu = TargetAttention(self.item_dim, attention_dim, num_heads, attention_dropout,
+                                   use_scale=self.use_scale)
         self.aux_head = self.make_head(2 * self.item_dim + self.context_dim)
         self.aux_outputs = {"y_aux": float(aux_weight)}
+        self.main_weight = float(esu_weight)
         self.finish(interest_dim=2 * self.item_dim)
 
     def interest(self, target: torch.Tensor, history: ItemHistory,

@@ -8,7 +8,7 @@ ESU's query/key projections, held as buffers and copied from the ESU every ``syn
 (100) training batches (counted in the training step; also at construction). With H heads
 the GSU score is the mean over heads of the scaled logits, i.e. <W_q t, W_k h> up to a
 constant. TWIN's user-item cross features (the paper's K_c bias) do not exist in these
-datasets and are omitted. Plus the short-sequence interest (softmax multi-head target attention over the last
+datasets and are omitted (LongCTR's ``Kc_cross_features``: only 0 is accepted). Plus the short-sequence interest (softmax multi-head target attention over the last
 ``short_len`` behaviors, as in LongCTR).
 """
 from __future__ import annotations
@@ -39,7 +39,8 @@ class TWIN(LongSeqBase):
         if int(sync_every) < 1:
             raise ConfigError(f"TWIN: sync_every must be >= 1, got {sync_every}")
         self.topk = int(topk)
-        self.esu = TargetAttention(self.item_dim, attention_dim, num_heads, attention_dropout)
+        self.esu = TargetAttention(self.item_dim, attention_dim, num_heads, attention_dropout,
+                                   use_scale=self.use_scale)
         self.register_buffer("gsu_query_weight", torch.zeros(attention_dim, self.item_dim))
         self.register_buffer("gsu_key_weight", torch.zeros(attention_dim, self.item_dim))
         self.register_copy("gsu_query_weight", "esu.W_q.weight")

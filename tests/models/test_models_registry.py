@@ -1,4 +1,4 @@
-"""Model registry: 15 built-in names, variants as real subclasses, plugins, helpful errors."""
+"""Model registry: 18 built-in names, variants as real subclasses, plugins, helpful errors."""
 from __future__ import annotations
 
 import subprocess
@@ -10,8 +10,8 @@ from fuxictr_chime.errors import ConfigError
 from fuxictr_chime.models import MODEL_NAMES, get_model, register_model
 
 
-def test_fifteen_names_in_paper_order():
-    bases = ["DIN", "SimSoft", "ETA", "SDIM", "TWIN"]
+def test_builtin_names_in_order():
+    bases = ["DIN", "SimSoft", "ETA", "SDIM", "TWIN", "MIRRN"]
     assert list(MODEL_NAMES) == bases + [f"{b}_CHIME" for b in bases] + \
         [f"{b}_LEARN" for b in bases]
     from fuxictr_chime.models import registry
@@ -72,6 +72,6 @@ def test_register_model_for_plugins():
 
 def test_importing_the_package_does_not_import_fuxictr():
     code = ("import sys, fuxictr_chime.models as m; "
-            "assert len(m.MODEL_NAMES) == 15; "
+            "assert len(m.MODEL_NAMES) == 18; "
             "assert 'fuxictr.pytorch' not in sys.modules and 'torch' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -9,8 +9,8 @@ from fuxictr_chime.models.item_table import ItemHistory
 from fuxictr_chime.models.retrieval import (
     SimHash, TargetAttention, bucket_codes, hamming_distance, hamming_distance_reference,
     masked_softmax, pack_bits, popcount, recency_tiebreak, sdim_aggregate,
-    sdim_aggregate_reference, target_attention, target_attention_reference, topk_gather,
-    topk_gather_reference)
+    sdim_aggregate_reference, sdim_hash_reference, sdim_interest, sdim_interest_reference,
+    target_attention, target_attention_reference, topk_gather, topk_gather_reference)
 
 
 def _mask(lengths, length):
@@ -170,6 +170,128 @@ def test_sdim_aggregate_by_hand():
     assert torch.allclose(out, torch.tensor([[(4 + 3) / 2, (4 + 6) / 2]]))
     empty = sdim_aggregate(table, index, torch.zeros_like(mask), codes, target)
     assert (empty == 0).all()
+
+
+def test_simhash_resample_draws_a_fresh_projection_from_the_global_rng():
+    simhash = SimHash(5, 12, seed=0)
+    x = torch.randn(30, 5)
+    torch.manual_seed(3)
+    a = simhash(x, resample=True)
+    torch.manual_seed(3)
+    assert torch.equal(simhash(x, resample=True), a)
+    torch.manual_seed(3)
+    assert torch.equal(x @ torch.randn(5, 12) > 0, a)  # same draw as randn_like(projection)
+    assert torch.equal(simhash(x), x @ simhash.projection > 0)  # buffer untouched
+
+
+@pytest.mark.parametrize("num_hashes, hash_bits", [(1, 4), (2, 4), (5, 2), (3, 1)])
+def test_sdim_codes_of_simhash_bits_equal_longctr_style_hashing(num_hashes, hash_bits):
+    """Signature h = bits h*b .. h*b+b-1 of the (D, H*b) projection, read little-endian,
+    equals LongCTR's lsh_hash on the (D, H, b) rotations (argmax of [-r, r], powers of 2)."""
+    simhash = SimHash(6, num_hashes * hash_bits, seed=num_hashes)
+    x = torch.randn(4, 9, 6)
+    codes = bucket_codes(simhash(x), hash_bits)  # (4, 9, H)
+    assert codes.shape == (4, 9, num_hashes) and int(codes.max()) < 2 ** hash_bits
+    assert torch.equal(codes, sdim_hash_reference(x, simhash.projection, num_hashes, hash_bits))
+
+
+@pytest.mark.parametrize("l2_norm", [True, False])
+@pytest.mark.parametrize("num_hashes, hash_bits", [(6, 2), (2, 4)])
+def test_sdim_interest_matches_brute_force_loop_value_and_gradient(l2_norm, num_hashes,
+                                                                    hash_bits):
+    gen = torch.Generator().manual_seed(11)
+    table, index, mask, target = _history(gen, batch=5, length=8, n_items=10, dim=4)
+    mask[1] = False  # an empty history: zero interest
+    projection = torch.randn(4, num_hashes * hash_bits, generator=gen)
+    weight = torch.randn(5, 4, generator=gen)
+    bits = (table.detach() @ projection) > 0  # (U, H*b), once per distinct item
+    fast = sdim_interest(table, index, mask, target, bits, hash_bits, l2_norm)
+    (fast_grad,) = torch.autograd.grad((fast * weight).sum(), table)
+    ref = sdim_interest_reference(table[index], mask, table[target], projection, num_hashes,
+                                  hash_bits, l2_norm)
+    (ref_grad,) = torch.autograd.grad((ref * weight).sum(), table)
+    assert torch.allclose(fast, ref, atol=1e-6) and torch.allclose(fast_grad, ref_grad, atol=1e-6)
+    assert (fast[1] == 0).all() and (fast.abs().sum(-1) > 0).sum() >= 3
+
+
+def test_sdim_interest_reference_by_hand():
+    """Two signatures of one bit: projection columns e_0 and e_1 (bit = coordinate > 0)."""
+    history = torch.tensor([[[1.0, 1.0], [2.0, -1.0], [-1.0, 3.0], [5.0, 5.0]]])
+    mask = torch.tensor([[True, True, True, False]])
+    target = torch.tensor([[1.0, 2.0]])  # bits (1, 1)
+    projection = torch.eye(2)
+    # signature 0 (x > 0): behaviors 0, 1 collide -> (3, 0); signature 1 (y > 0): 0, 2 -> (0, 4)
+    out = sdim_interest_reference(history, mask, target, projection, 2, 1, l2_norm=False)
+    assert torch.allclose(out, torch.tensor([[1.5, 2.0]]))
+    out = sdim_interest_reference(history, mask, target, projection, 2, 1, l2_norm=True)
+    assert torch.allclose(out, torch.tensor([[0.5, 0.5]]))
+
+
+def _sdim(make_feature_map, model_kwargs, **overrides):
+    from fuxictr_chime.models import get_model
+
+    torch.manual_seed(0)
+    return get_model("SDIM")(make_feature_map(), **{**model_kwargs, **overrides})
+
+
+def test_sdim_48_signatures_of_3_bits_are_144_projections(make_feature_map, model_kwargs):
+    model = _sdim(make_feature_map, model_kwargs, num_hashes=48, hash_bits=3)
+    assert (model.num_hashes, model.hash_bits) == (48, 3)
+    assert model.simhash.projection.shape == (model.item_dim, 144)
+
+
+@pytest.mark.parametrize("num_hashes, hash_bits", [(1, 4), (2, 4), (10, 3)])
+def test_sdim_longctr_settings_construct(make_feature_map, model_kwargs, make_batch,
+                                         num_hashes, hash_bits):
+    """LongCTR's defaults (SDIM.py: num_hashes=1, hash_bits=4; 2 x 4 in its configs) and
+    counts that are no multiple of hash_bits are valid signature counts."""
+    model = _sdim(make_feature_map, model_kwargs, num_hashes=num_hashes, hash_bits=hash_bits)
+    assert model.simhash.projection.shape[1] == num_hashes * hash_bits
+    assert model(make_batch(model.feature_map))["y_pred"].shape == (6, 1)
+
+
+@pytest.mark.parametrize("key, value", [("num_hashes", 0), ("hash_bits", 0), ("hash_bits", 63)])
+def test_sdim_bad_hash_settings_are_config_errors(make_feature_map, model_kwargs, key, value):
+    with pytest.raises(ConfigError, match=key):
+        _sdim(make_feature_map, model_kwargs, **{key: value})
+
+
+@pytest.mark.parametrize("l2_norm", [True, False])
+def test_sdim_model_long_interest_equals_brute_force_loop(make_feature_map, model_kwargs,
+                                                          make_batch, l2_norm):
+    model = _sdim(make_feature_map, model_kwargs, num_hashes=6, hash_bits=2, l2_norm=l2_norm)
+    with torch.no_grad():
+        for p in model.item_table.parameters():
+            p.normal_(0.0, 0.5)
+    model.eval()
+    batch = make_batch(model.feature_map, batch_size=5, length=10, seed=3)
+    with torch.no_grad():
+        history = model.get_history(batch)
+        long = model.interest(history.target, history, torch.zeros(5, 0))["interest"]
+        long = long[:, model.item_dim:]  # [short, long]
+        ref = sdim_interest_reference(history.dense(), history.mask, history.target,
+                                      model.simhash.projection, 6, 2, l2_norm)
+    assert torch.allclose(long, ref, atol=1e-6) and (long.abs().sum(-1) > 0).any()
+
+
+def test_sdim_reuse_hash_false_hashes_each_batch_afresh(make_feature_map, model_kwargs,
+                                                        make_batch):
+    fixed = _sdim(make_feature_map, model_kwargs, num_hashes=4, hash_bits=3).eval()
+    fresh = _sdim(make_feature_map, model_kwargs, num_hashes=4, hash_bits=3,
+                  reuse_hash=False).eval()
+    batch = make_batch(fixed.feature_map, batch_size=6, length=12, lengths=[12] * 6, seed=5)
+    with torch.no_grad():
+        for p in fixed.parameters():
+            p.normal_(0.0, 0.5)
+        fresh.load_state_dict(fixed.state_dict())
+        torch.manual_seed(1)
+        assert torch.equal(fixed(batch)["y_pred"], fixed(batch)["y_pred"])
+        torch.manual_seed(1)
+        a = fresh(batch)["y_pred"]
+        torch.manual_seed(1)
+        assert torch.equal(fresh(batch)["y_pred"], a)  # reproducible under the global seed
+        draws = [fresh(batch)["y_pred"] for _ in range(4)]
+    assert any(not torch.allclose(d, a) for d in draws)
 
 
 @pytest.mark.parametrize("n_items", [9, 200])  # U <= 10 L: matmul path; U > 10 L: gather path

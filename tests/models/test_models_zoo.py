@@ -315,7 +315,7 @@ def test_bad_settings_are_config_errors(make_feature_map, model_kwargs):
     with pytest.raises(ConfigError, match="short_len"):
         get_model("DIN")(fmap, **{**model_kwargs, "short_len": 0})
     with pytest.raises(ConfigError, match="num_hashes"):
-        get_model("SDIM")(fmap, **{**model_kwargs, "num_hashes": 10, "hash_bits": 3})
+        get_model("SDIM")(fmap, **{**model_kwargs, "num_hashes": 0, "hash_bits": 3})
     with pytest.raises(ConfigError, match="hash_bits"):
         get_model("ETA")(fmap, **{**model_kwargs, "hash_bits": 65})
     with pytest.raises(ConfigError, match="model_root"):

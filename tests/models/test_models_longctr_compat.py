@@ -1,0 +1,415 @@
+"""LongCTR compatibility: parameter names, the SIM alias, explicit short-attention settings,
+star-import, and the tuple batches of LongCTR's own data loader.
+
+LongCTR = the benchmark code in the FuxiCTR 2.3.10 sdist, ``model_zoo/LongCTR``. Set
+``LONGCTR_ZOO`` to that folder to also check our reproduction of its batches against its
+real ``LongCTRDataLoader`` (skipped otherwise).
+"""
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from fuxictr_chime.errors import ConfigError
+from fuxictr_chime.models import MODEL_NAMES, get_model
+
+PARAMS_LOGGER = "fuxictr_chime.models.params"
+BASES = ("DIN", "SimSoft", "ETA", "SDIM", "TWIN")
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def kwargs(tmp_path, tiny_dataset) -> dict:
+    """Tiny settings with only names every long-sequence model takes."""
+    return {"model_root": str(tmp_path / "ckpt"), "item_info": tiny_dataset.params["item_info"],
+            "embedding_dim": 4, "dnn_hidden_units": [8], "short_len": 4, "max_len": 50,
+            "learning_rate": 1.e-2, "optimizer": "adam", "loss": "binary_crossentropy",
+            "metrics": ["AUC", "logloss"], "verbose": 0, "seed": 11}
+
+
+def build(name, make_feature_map, kwargs, **extra):
+    torch.manual_seed(0)
+    return get_model(name)(make_feature_map(), **{**kwargs, **extra})
+
+
+def records(caplog, level):
+    return [r.getMessage() for r in caplog.records
+            if r.name == PARAMS_LOGGER and r.levelno == level]
+
+
+# --------------------------------------------------------------------------- parameter names
+@pytest.mark.parametrize("name", ["SimSoft", "ETA", "SDIM", "TWIN"])
+def test_short_seq_len_maps_to_short_len_with_an_info_line(name, make_feature_map, kwargs,
+                                                            caplog):
+    """LongCTR's item_feat_emb[:, -short_seq_len:-1] (target last) holds short_seq_len - 1
+    behaviors."""
+    del kwargs["short_len"]
+    with caplog.at_level(logging.INFO, logger=PARAMS_LOGGER):
+        model = build(name, make_feature_map, kwargs, short_seq_len=11)
+    assert model.short_len == 10
+    assert any("short_seq_len" in m and "short_len=10" in m for m in records(caplog, logging.INFO))
+    assert not records(caplog, logging.WARNING)
+
+
+def test_short_seq_len_conflicts_and_bounds(make_feature_map, kwargs):
+    assert build("ETA", make_feature_map, {**kwargs, "short_len": 10}, short_seq_len=11) \
+        .short_len == 10  # both given, same meaning: fine
+    with pytest.raises(ConfigError, match="short_seq_len"):
+        build("ETA", make_feature_map, kwargs, short_seq_len=11)  # short_len 4 != 10
+    with pytest.raises(ConfigError, match="short_seq_len"):
+        build("ETA", make_feature_map, {k: v for k, v in kwargs.items() if k != "short_len"},
+              short_seq_len=1)
+
+
+def test_din_ignores_short_seq_len_like_longctr_din(make_feature_map, kwargs, caplog):
+    with caplog.at_level(logging.INFO, logger=PARAMS_LOGGER):
+        model = build("DIN", make_feature_map, kwargs, short_seq_len=11)
+    assert model.short_len == 4
+    (warning,) = records(caplog, logging.WARNING)
+    assert "'short_seq_len'" in warning and "DIN" in warning and "ignored" in warning
+
+
+def test_sim_alpha_beta_weight_the_gsu_and_esu_losses(make_feature_map, make_batch, kwargs):
+    model = build("SIM", make_feature_map, kwargs, alpha=0.25, beta=2.0)
+    assert model.aux_outputs == {"y_aux": 0.25} and model.main_weight == 2.0
+    batch = make_batch(model.feature_map)
+    out, y = model(batch), model.get_labels(batch)
+    expected = 2.0 * model.loss_fn(out["y_pred"], y) + 0.25 * model.loss_fn(out["y_aux"], y)
+    assert torch.allclose(model.add_loss(out, y), expected)
+    with pytest.raises(ConfigError, match="aux_weight"):
+        build("SIM", make_feature_map, kwargs, alpha=0.25, aux_weight=1.0)
+
+
+@pytest.mark.parametrize("name, key, good, bad", [
+    ("SDIM", "use_qkvo", True, False),
+    ("TWIN", "Kc_cross_features", 0, 2),
+    ("SimSoft", "gsu_type", "soft", "hard"),
+    ("ETA", "padding", "pre", "post"),
+    ("DIN", "padding", "pre", "post"),
+])
+def test_longctr_values_we_reproduce_are_accepted_others_refused(name, key, good, bad,
+                                                                  make_feature_map, kwargs,
+                                                                  caplog):
+    with caplog.at_level(logging.INFO, logger=PARAMS_LOGGER):
+        build(name, make_feature_map, kwargs, **{key: good})
+    assert any(key in m and "accepted" in m for m in records(caplog, logging.INFO))
+    assert not records(caplog, logging.WARNING)
+    with pytest.raises(ConfigError, match=key):
+        build(name, make_feature_map, kwargs, **{key: bad})
+
+
+def test_reuse_hash_false_is_implemented_by_eta_and_sdim(make_feature_map, kwargs, caplog):
+    with caplog.at_level(logging.INFO, logger=PARAMS_LOGGER):
+        assert build("ETA", make_feature_map, kwargs, reuse_hash=False).reuse_hash is False
+        assert build("SDIM", make_feature_map, kwargs, reuse_hash=False).reuse_hash is False
+    assert not records(caplog, logging.WARNING) and not records(caplog, logging.INFO)
+
+
+@pytest.mark.parametrize("name, key, value", [
+    ("DIN", "topk", 50), ("SDIM", "topk", 50), ("SimSoft", "hash_bits", 4),
+    ("TWIN", "num_hashes", 2), ("DIN", "attention_dim", 32), ("TWIN", "use_qkvo", False),
+    ("SDIM", "short_target_field", [["item_id", "cate_id"]]), ("DIN", "din_target_field", "x"),
+    ("SimSoft", "long_sequence_field", "x"), ("ETA", "alpha", 0.5),
+])
+def test_longctr_names_without_equivalent_warn_once_naming_param_and_model(
+        name, key, value, make_feature_map, kwargs, caplog):
+    with caplog.at_level(logging.INFO, logger=PARAMS_LOGGER):
+        build(name, make_feature_map, kwargs, **{key: value})
+    (warning,) = records(caplog, logging.WARNING)
+    assert f"'{key}'" in warning and name in warning and "ignored" in warning
+
+
+@pytest.mark.parametrize("typo, suggestion", [
+    ("num_hashs", "num_hashes"), ("learning_rat", "learning_rate"),
+    ("short_seq_length", "short_seq_len"), ("embeding_dim", "embedding_dim"),
+])
+def test_unknown_names_warn_with_the_closest_known_name(typo, suggestion, make_feature_map,
+                                                        kwargs, caplog):
+    with caplog.at_level(logging.WARNING, logger=PARAMS_LOGGER):
+        build("SDIM", make_feature_map, kwargs, **{typo: 1})
+    (warning,) = records(caplog, logging.WARNING)
+    assert f"'{typo}'" in warning and f"did you mean '{suggestion}'" in warning
+
+
+def test_a_parameter_of_another_model_names_its_owner(make_feature_map, kwargs, caplog):
+    with caplog.at_level(logging.WARNING, logger=PARAMS_LOGGER):
+        build("SDIM", make_feature_map, kwargs, sync_every=3, aux_weight=0.5)
+    warnings = records(caplog, logging.WARNING)
+    assert any("'sync_every'" in w and "TWIN" in w for w in warnings)
+    assert any("'aux_weight'" in w and "SimSoft" in w for w in warnings)
+
+
+FUXICTR_PARAMS = {
+    "model": "SDIM", "model_id": "SDIM_test", "expid": "SDIM_test", "task": "binary_classification",
+    "gpu": -1, "embedding_regularizer": 0, "net_regularizer": 0, "monitor": "AUC",
+    "monitor_mode": "max", "early_stop_patience": 2, "save_best_only": True, "eval_steps": None,
+    "debug_mode": False, "group_id": "user_index", "use_features": None, "feature_specs": None,
+    "feature_config": None, "dataset_id": "tiny", "data_root": "../data/",
+    "data_format": "parquet", "train_data": "train.parquet", "valid_data": "valid.parquet",
+    "test_data": "test.parquet", "user_info": "user_info.parquet", "rebuild_dataset": False,
+    "num_workers": 3, "shuffle": True, "pickle_feature_encoder": True, "data_loader": object,
+    "max_gradient_norm": 10.0, "epochs": 100, "batch_size": 2048, "feature_cols": [],
+    "label_col": {"name": "label", "dtype": "float"}, "ordered_features": None,
+    "reduce_lr_on_plateau": True, "min_categr_count": 1,
+}
+
+
+@pytest.mark.parametrize("name", BASES)
+def test_fuxictr_keys_stay_silent(name, make_feature_map, kwargs, caplog):
+    with caplog.at_level(logging.INFO, logger=PARAMS_LOGGER):
+        model = build(name, make_feature_map, {**kwargs, **FUXICTR_PARAMS, "model": name})
+    assert not records(caplog, logging.WARNING) and not records(caplog, logging.INFO)
+    assert model.model_id == "SDIM_test"
+
+
+@pytest.mark.parametrize("name", BASES)
+def test_model_zoo_experiments_as_the_runner_builds_them_stay_silent(name, make_feature_map,
+                                                                     tiny_dataset, tmp_path,
+                                                                     caplog):
+    """Every key of Base + experiment block + dataset block (runner.experiment_params)."""
+    from fuxictr_chime.models.runner import experiment_params
+
+    params = experiment_params(REPO / "model_zoo" / name / "config", f"{name}_movielens",
+                               model_root=tmp_path / "ckpt")
+    params["item_info"] = tiny_dataset.params["item_info"]  # build on the tiny feature map
+    with caplog.at_level(logging.WARNING, logger=PARAMS_LOGGER):
+        get_model(params["model"])(make_feature_map(), **params)
+    assert not records(caplog, logging.WARNING)
+
+
+def test_longctr_sdim_experiment_params_map(make_feature_map, kwargs, caplog):
+    """The constructor arguments of LongCTR's SDIM.py with its defaults."""
+    longctr = {"dnn_hidden_units": [16, 8], "dnn_activations": "ReLU", "attention_dim": 8,
+               "use_qkvo": True, "num_heads": 2, "use_scale": True, "attention_dropout": 0,
+               "reuse_hash": True, "num_hashes": 1, "hash_bits": 4, "learning_rate": 1.e-3,
+               "embedding_dim": 4, "net_dropout": 0, "batch_norm": False, "l2_norm": False,
+               "short_seq_len": 50, "accumulation_steps": 1, "embedding_regularizer": None,
+               "net_regularizer": None}
+    del kwargs["short_len"]
+    with caplog.at_level(logging.INFO, logger=PARAMS_LOGGER):
+        model = build("SDIM", make_feature_map, {**kwargs, **longctr})
+    assert not records(caplog, logging.WARNING)
+    assert (model.num_hashes, model.hash_bits, model.short_len, model.l2_norm) == (1, 4, 49, False)
+    assert model.short_attention.W_q.out_features == 8 and model.short_attention.num_heads == 2
+
+
+# --------------------------------------------------------------------------- SIM alias
+def test_sim_is_simsoft_and_not_a_table_name():
+    from fuxictr_chime.models import registry
+
+    for suffix in ("", "_CHIME", "_LEARN"):
+        assert get_model("SIM" + suffix) is get_model("SimSoft" + suffix)
+        assert registry.ALIASES["SIM" + suffix] == "SimSoft" + suffix
+        assert "SIM" + suffix not in MODEL_NAMES
+    assert registry.MODEL_NAMES == MODEL_NAMES
+    with pytest.raises(ConfigError, match="alias"):
+        registry.register_model("SIM", get_model("DIN"))
+
+
+def test_model_sim_in_a_config_builds_simsoft(make_feature_map, kwargs):
+    from fuxictr_chime.models.runner import build_model
+
+    params = {**kwargs, "model": "SIM", "dataset_id": "tiny", "model_id": "SIM_tiny"}
+    model = build_model(params, make_feature_map())
+    assert type(model) is get_model("SimSoft") and model.model_id == "SIM_tiny"
+
+
+# --------------------------------------------------------------------------- short attention
+@pytest.mark.parametrize("name, extra", [("SimSoft", {}), ("ETA", {}), ("SDIM", {}),
+                                         ("TWIN", {}), ("DIN", {"short_attention": "target"})])
+def test_explicit_short_attention_settings_win(name, extra, make_feature_map, make_batch,
+                                               kwargs):
+    model = build(name, make_feature_map, {**kwargs, "attention_dim": 8, "num_heads": 2},
+                  short_attention_dim=12, short_num_heads=3, **extra)
+    assert model.short_attention.W_q.out_features == 12 and model.short_attention.num_heads == 3
+    if hasattr(model, "esu"):  # the long part keeps attention_dim / num_heads
+        assert model.esu.W_q.out_features == 8 and model.esu.num_heads == 2
+    assert model(make_batch(model.feature_map))["y_pred"].shape == (6, 1)
+    default = build(name, make_feature_map, {**kwargs, "attention_dim": 8}, **extra)
+    assert default.short_attention.W_q.out_features == (64 if name == "DIN" else 8)
+
+
+def test_use_scale_reaches_every_target_attention(make_feature_map, kwargs):
+    model = build("ETA", make_feature_map, kwargs, use_scale=False)
+    assert model.short_attention.scale == 1.0 and model.esu.scale == 1.0
+    assert build("ETA", make_feature_map, kwargs).esu.scale == pytest.approx(8.0)  # sqrt(64)
+
+
+# --------------------------------------------------------------------------- star-import
+def test_star_import_brings_the_model_classes():
+    namespace: dict = {}
+    exec("from fuxictr_chime.models import *", namespace)
+    assert namespace["TWIN"] is get_model("TWIN")
+    assert namespace["SIM"] is get_model("SimSoft")
+    assert all(namespace[name] is get_model(name) for name in MODEL_NAMES)
+    assert namespace["LongSeqBase"].__name__ == "LongSeqBase"
+    assert {"get_model", "register_model", "MODEL_NAMES"} <= set(namespace)
+
+
+# --------------------------------------------------------------------------- LongCTR batches
+def longctr_split(tiny_dataset, split: str, folder: Path) -> Path:
+    """The tiny split with an integer label, as LongCTR's datasets store it: its loader stacks
+    every column into one array, and a float label would make ``user_index`` float, which
+    BatchCollator cannot index user_info with."""
+    frame = pd.read_parquet(tiny_dataset.folder / f"{split}.parquet")
+    frame["label"] = frame["label"].astype(np.int64)
+    path = folder / f"{split}.parquet"
+    frame.to_parquet(path)
+    return path
+
+
+def longctr_batch(feature_map, data_path, user_info, item_info, rows, max_len):
+    """The batch LongCTR's loader yields for ``rows`` of a split (layout reproduced from the
+    FuxiCTR 2.3.10 sdist, model_zoo/LongCTR/longctr_dataloader.py):
+
+    * ``ParquetDataset.load_data`` (lines 55-78): all columns of the split in one
+      ``np.column_stack`` array (one dtype), scalar columns one slot each;
+    * ``BatchCollator.__call__`` (lines 142-169): ``batch_dict`` = the columns that are
+      features or labels, (B,); the history = ``full_item_seq[:seq_len]`` of the user
+      (``padding_seqs``, lines 171-187: ``pad_sequences`` to ``min(max(seq_len), max_len)``,
+      pre padding and pre truncating); ``mask`` = (history > 0) as float (B, L);
+      ``item_dict`` = for every item_info column that is a feature, the rows
+      ``item_info.set_index('item_index').iloc[[history..., item_index] per sample]``,
+      flattened to (B * (L+1), ...).
+    """
+    from fuxictr.preprocess.tokenizer import pad_sequences
+    from torch.utils.data.dataloader import default_collate
+
+    frame = pd.read_parquet(data_path)
+    stacked = np.column_stack([frame[col].to_numpy() for col in frame.columns])
+    batch_tensor = default_collate([stacked[r] for r in rows])  # (B, C)
+    wanted = set(feature_map.features) | set(feature_map.labels)
+    batch_dict = {col: batch_tensor[:, i] for i, col in enumerate(frame.columns) if col in wanted}
+    full_seqs = pd.read_parquet(user_info)["full_item_seq"].values
+    lengths = batch_dict["seq_len"].int().numpy()
+    histories = [seq[:n] for seq, n in zip(full_seqs[batch_dict["user_index"].numpy()], lengths)]
+    seqs = pad_sequences(histories, maxlen=min(max(lengths), max_len), value=0,
+                         padding="pre", truncating="pre")  # (B, L)
+    mask = (torch.from_numpy(seqs) > 0).float()
+    positions = np.hstack([seqs, batch_dict["item_index"].numpy().reshape(-1, 1)]).flatten()
+    items = pd.read_parquet(item_info).set_index("item_index").iloc[positions]
+    item_dict = {col: torch.from_numpy(np.array(items[col].to_list()))
+                 for col in items.columns if col in wanted}
+    return batch_dict, item_dict, mask
+
+
+@pytest.fixture
+def longctr_data(tiny_dataset, tmp_path):
+    folder = tmp_path / "longctr"
+    folder.mkdir()
+    return {split: longctr_split(tiny_dataset, split, folder) for split in ("train", "valid")}
+
+
+def our_batch(feature_map, tiny_dataset, split="valid", max_len=20):
+    from fuxictr_chime.data.loader import LongSeqDataLoader
+
+    params = tiny_dataset.params
+    loader = LongSeqDataLoader(feature_map, params[f"{split}_data"], split=split, batch_size=32,
+                               shuffle=False, user_info=params["user_info"],
+                               item_info=params["item_info"], max_len=max_len, prefetch=False)
+    return next(iter(loader))
+
+
+def test_longctr_batch_converts_to_our_batch_format(make_feature_map, tiny_dataset,
+                                                    longctr_data, kwargs):
+    params = tiny_dataset.params
+    model = build("SDIM", make_feature_map, kwargs)
+    fmap = model.feature_map
+    ours = our_batch(fmap, tiny_dataset)
+    theirs = longctr_batch(fmap, longctr_data["valid"], params["user_info"],
+                           params["item_info"], range(32), max_len=20)
+    assert theirs[0]["user_index"].dtype == torch.int64 and theirs[2].dtype == torch.float32
+    converted = model.batch_dict(theirs)
+    length = theirs[2].shape[1]  # min(max seq_len, 20) <= our 20 slots
+    assert torch.equal(converted["item_seq"], ours["item_seq"][:, -length - 1:])
+    assert torch.equal(converted["seq_mask"], ours["seq_mask"][:, -length:])
+    assert not ours["seq_mask"][:, :-length].any()  # the rest is padding
+    for name in ("item_id", "cate_id", "title_emb", "hour", "user_index", "item_index"):
+        assert torch.equal(converted[name].to(ours[name].dtype), ours[name]), name
+    assert torch.equal(model.get_labels(theirs), model.get_labels(ours))
+    assert torch.equal(model.get_group_id(theirs), model.get_group_id(ours))
+
+
+@pytest.mark.parametrize("name", BASES)
+def test_predictions_on_longctr_batches_equal_ours(name, make_feature_map, tiny_dataset,
+                                                   longctr_data, kwargs):
+    params = tiny_dataset.params
+    model = build(name, make_feature_map, {**kwargs, "attention_dim": 8, "topk": 5})
+    gen = torch.Generator().manual_seed(2)
+    with torch.no_grad():  # larger weights than the tiny init, so every path matters
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+    model.sync_copies()
+    model.eval()
+    theirs = longctr_batch(model.feature_map, longctr_data["valid"], params["user_info"],
+                           params["item_info"], range(32), max_len=20)
+    with torch.no_grad():
+        expected = model(our_batch(model.feature_map, tiny_dataset))["y_pred"]
+        assert torch.allclose(model(theirs)["y_pred"], expected, atol=1e-5)
+
+
+def test_fit_and_evaluate_on_longctr_batches(make_feature_map, tiny_dataset, longctr_data,
+                                             kwargs):
+    params = tiny_dataset.params
+    model = build("TWIN", make_feature_map, {**kwargs, "attention_dim": 8, "topk": 5,
+                                             "sync_every": 2})
+    fmap = model.feature_map
+
+    def batches(split, n_rows, size=16):
+        return [longctr_batch(fmap, longctr_data[split], params["user_info"],
+                              params["item_info"], range(i, min(i + size, n_rows)), 20)
+                for i in range(0, n_rows, size)]
+    train, valid = batches("train", 96), batches("valid", 32)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model.fit(train, epochs=1, validation_data=valid)
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+    result = model.evaluate(valid)
+    assert set(result) == {"AUC", "logloss"} and np.isfinite(result["logloss"])
+
+
+def test_longctr_batch_errors_name_the_problem(make_feature_map, tiny_dataset, longctr_data,
+                                               kwargs):
+    from fuxictr_chime.errors import DataError
+
+    params = tiny_dataset.params
+    model = build("DIN", make_feature_map, kwargs)
+    theirs = longctr_batch(model.feature_map, longctr_data["valid"], params["user_info"],
+                           params["item_info"], range(8), max_len=20)
+    bad_items = {**theirs[1], "item_id": theirs[1]["item_id"] + 1000}
+    del theirs[0]["item_index"]  # rows of the target then come from item_id too
+    with pytest.raises(DataError, match="not in"):
+        model((theirs[0], bad_items, theirs[2]))
+    with pytest.raises(DataError, match="item_id"):
+        model((theirs[0], {k: v for k, v in theirs[1].items() if k != "item_id"}, theirs[2]))
+    with pytest.raises(DataError, match="tuple"):
+        model([theirs[0]])
+
+
+@pytest.mark.skipif(not os.environ.get("LONGCTR_ZOO"),
+                    reason="set LONGCTR_ZOO to the sdist's model_zoo/LongCTR folder")
+def test_reproduced_layout_equals_longctr_loader(make_feature_map, tiny_dataset, longctr_data,
+                                                 kwargs):
+    path = Path(os.environ["LONGCTR_ZOO"]) / "longctr_dataloader.py"
+    spec = importlib.util.spec_from_file_location("longctr_dataloader_under_test", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    params = tiny_dataset.params
+    model = build("SDIM", make_feature_map, kwargs).eval()
+    loader = module.LongCTRDataLoader(model.feature_map, str(longctr_data["valid"]),
+                                      params["user_info"], params["item_info"], batch_size=32,
+                                      shuffle=False, num_workers=0, max_len=20)
+    real = next(iter(loader))
+    mine = longctr_batch(model.feature_map, longctr_data["valid"], params["user_info"],
+                         params["item_info"], range(32), max_len=20)
+    for got, want in zip(real[:2], mine[:2]):
+        assert set(got) == set(want) and all(torch.equal(got[k], want[k]) for k in got)
+    assert torch.equal(real[2], mine[2])
+    with torch.no_grad():
+        assert torch.equal(model(real)["y_pred"], model(mine)["y_pred"])
