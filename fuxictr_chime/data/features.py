@@ -53,8 +53,11 @@ def resolve_dataset_paths(params: dict, config_file: str | os.PathLike) -> dict:
     """Return a copy of ``params`` whose relative data paths are absolute.
 
     The keys ``data_root, train_data, valid_data, test_data, user_info, item_info`` that hold
-    a relative path are joined to the folder of ``os.path.realpath(config_file)``; absolute
-    paths, ``~`` paths (expanded) and empty values are kept as they are.
+    a relative path are joined to the folder of ``os.path.realpath(config_file)`` (so a config
+    works from any working directory). FuxiCTR itself reads them relative to the working
+    directory: where the YAML-relative path does not exist but the one relative to the working
+    directory does, that one is used (logged), so configs written for FuxiCTR's
+    ``run_expid.py`` work too. Absolute paths, ``~`` paths (expanded) and empty values are kept.
     """
     base = os.path.dirname(os.path.realpath(config_file))
     resolved = dict(params)
@@ -63,7 +66,18 @@ def resolve_dataset_paths(params: dict, config_file: str | os.PathLike) -> dict:
         if not isinstance(value, (str, os.PathLike)) or not str(value):
             continue
         path = os.path.expanduser(str(value))
-        resolved[key] = path if os.path.isabs(path) else os.path.normpath(os.path.join(base, path))
+        if os.path.isabs(path):
+            resolved[key] = path
+            continue
+        beside_yaml = os.path.normpath(os.path.join(base, path))
+        from_cwd = os.path.abspath(path)
+        if not os.path.exists(beside_yaml) and os.path.exists(from_cwd):
+            logger.info("%s: %s '%s' is not there relative to the YAML (%s); using it relative to "
+                        "the working directory, as FuxiCTR does: %s", config_file, key, value,
+                        beside_yaml, from_cwd)
+            resolved[key] = from_cwd
+        else:
+            resolved[key] = beside_yaml
     return resolved
 
 

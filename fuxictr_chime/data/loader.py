@@ -295,10 +295,23 @@ class LongSeqDataLoader:
                                 f"either);{hint}")
             else:
                 split_cols.append(name)
-        if "item_seq" not in features or "seq_mask" not in features:
-            logger.warning("feature map lacks meta specs for item_seq/seq_mask: FuxiCTR's "
-                           "get_inputs will fail; build it with build_feature_map")
+        self._declare_sequence_columns()
         return split_cols, item_cols, user_cols
+
+    def _declare_sequence_columns(self) -> None:
+        """Give ``item_seq`` / ``seq_mask`` meta specs in the feature map if it lacks them.
+
+        A feature map from FuxiCTR's own ``FeatureMap.load`` (the stock ``run_expid.py``
+        workflow) only knows the dataset's columns; FuxiCTR's ``BaseModel.get_inputs`` looks
+        every batch column up in it (KeyError otherwise) and skips ``type: meta`` ones. The
+        model holds the same FeatureMap object, so declaring the loader's two extra columns
+        here lets any FuxiCTR model read these batches."""
+        features = self.feature_map.features
+        added = [name for name in ("item_seq", "seq_mask") if name not in features]
+        for name in added:
+            features[name] = {"source": "", "type": "meta"}
+        if added:
+            logger.info("feature map: declared the loader's columns %s as type: meta", added)
 
     def _load_item_info(self, item_cols: list[str]) -> None:
         table = read_parquet_columns(self.item_info, item_cols, "item_info")

@@ -180,8 +180,10 @@ def check_required_features(model_name: str, feature_map, dataset_id: str,
             raise ConfigError(
                 f"model '{model_name}' needs feature '{name}', which is not active in dataset "
                 f"'{dataset_id}': add {{name: {name}, active: true, dtype: list, type: embedding, "
-                f"source: user, pretrain_dim: 64, embedding_dim: 16}} to the dataset config (or "
-                f"'feature_specs: [{{name: {name}, active: true}}]' to the experiment) and run "
+                f"source: user, pretrain_dim: 64, embedding_dim: 16}} to the dataset config, or "
+                f"use its '<dataset>_{'chime' if name == 'chime_hist' else 'learn'}' dataset id as "
+                f"dataset_configs/*.yaml define it (this runner also takes 'feature_specs: "
+                f"[{{name: {name}, active: true}}]'; FuxiCTR's own workflow does not), and run "
                 f"`fuxictr-chime compress export` so user_info.parquet has the column")
 
 
@@ -360,6 +362,27 @@ def _file_lock(lock_path: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+def fuxictr_result_line(params: dict, valid: Mapping[str, float], test: Mapping[str, float],
+                        command: str, when: dt.datetime | None = None) -> str:
+    """The one-line result record of FuxiCTR's ``run_expid.py`` (same fields and formatting:
+    ``print_to_list``'s ``key: value`` with 6 decimals joined by `` - ``)."""
+    def listed(values: Mapping[str, float]) -> str:
+        return " - ".join(f"{k}: {float(v):.6f}" for k, v in values.items())
+
+    stamp = (when or dt.datetime.now()).strftime("%Y%m%d-%H%M%S")
+    return (f" {stamp},[command] python {command},[exp_id] {params['model_id']},"
+            f"[dataset_id] {params['dataset_id']},[train] N.A.,[val] {listed(valid)},"
+            f"[test] {listed(test)}\n")
+
+
+def append_result_line(path: str | os.PathLike, line: str) -> None:
+    """Append one FuxiCTR result line to ``path`` (locked against parallel autotuner runs)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _file_lock(path.with_name(path.name + ".lock")), open(path, "a") as fh:
+        fh.write(line)
+
+
 def versions() -> dict:
     """Package versions and the git commit of this checkout (None outside a git tree)."""
     import fuxictr
@@ -403,6 +426,7 @@ def _jsonable(params: dict) -> dict:
 def run_experiment(config_dir: str | os.PathLike, expid: str, *, gpu: int = -1,
                    seed: int | None = None, model_root: str | os.PathLike | None = None,
                    results_csv: str | os.PathLike | None = None,
+                   result_log: str | os.PathLike | None = None,
                    overrides: Mapping[str, Any] | None = None) -> dict:
     """Train and evaluate one experiment id of a FuxiCTR-dialect config folder.
 
@@ -414,6 +438,9 @@ def run_experiment(config_dir: str | os.PathLike, expid: str, *, gpu: int = -1,
         seed: overrides the config's ``seed``.
         model_root: overrides the config's ``model_root`` (checkpoints, logs, JSON results).
         results_csv: CSV to append the result row to; default ``<model_root>/results.csv``.
+        result_log: file to append FuxiCTR's one-line ``[val] ... [test] ...`` record to
+            (what FuxiCTR's ``run_expid.py`` writes); default ``<model_root>/<config folder
+            name>.csv``, e.g. ``checkpoints/config.csv``.
         overrides: any further parameter overrides (applied last).
 
     Returns:
@@ -431,10 +458,14 @@ def run_experiment(config_dir: str | os.PathLike, expid: str, *, gpu: int = -1,
     csv_path = str(results_csv) if results_csv else os.path.join(params["model_root"],
                                                                  "results.csv")
     append_result_row(csv_path, _result_row(params, valid, test, command, seconds))
+    log_path = str(result_log) if result_log else os.path.join(
+        params["model_root"], Path(os.path.abspath(str(config_dir))).name.replace(".yaml", "") + ".csv")
+    append_result_line(log_path, fuxictr_result_line(params, valid, test, command))
     result = {"expid": expid, "model": params["model"], "dataset_id": params["dataset_id"],
               "seed": params["seed"], "valid": valid, "test": test, "checkpoint": checkpoint,
               "result_json": os.path.join(model_dir, f"{expid}.json"),
-              "results_csv": os.path.abspath(csv_path), "seconds": round(seconds, 3)}
+              "results_csv": os.path.abspath(csv_path), "result_log": os.path.abspath(log_path),
+              "seconds": round(seconds, 3)}
     write_json_atomic(result["result_json"], {**result, "command": command, "time_utc": _utc_now(),
                                               "versions": versions(), "params": _jsonable(params)})
     logger.info("results: %s (row appended to %s)", result["result_json"], csv_path)

@@ -31,13 +31,15 @@ def tiny_run(tmp_path_factory) -> Path:
     pq.write_table(pa.table({"user_index": np.array(HISTORY_USERS, np.int64),
                              "item_seq": pa.array([[1, 2]] * len(HISTORY_USERS), pa.list_(pa.int64()))}),
                    view / "representation.parquet")
-    (view / "dataset_config.yaml").write_text(yaml.safe_dump({"tiny": dataset_block(".")}))
+    # as after `compress export`: the prepared folder's own config has the column on
+    (view / "dataset_config.yaml").write_text(yaml.safe_dump({"tiny": dataset_block(".", chime=True)}))
     config = root / "zoo" / "DIN" / "config"
     config.mkdir(parents=True)
-    (config / "dataset_config.yaml").write_text(yaml.safe_dump({"tiny": dataset_block(str(view))}))
+    (config / "dataset_config.yaml").write_text(yaml.safe_dump(
+        {"tiny": dataset_block(str(view)), "tiny_chime": dataset_block(str(view), chime=True)}))
     blocks = {"Base": {"model_root": "./checkpoints/"},
               "DIN_tiny": {**zoo_block("DIN", "DIN_movielens"), "dataset_id": "tiny"},
-              "DIN_CHIME_tiny": {**zoo_block("DIN", "DIN_CHIME_movielens"), "dataset_id": "tiny"}}
+              "DIN_CHIME_tiny": {**zoo_block("DIN", "DIN_CHIME_movielens"), "dataset_id": "tiny_chime"}}
     (config / "model_config.yaml").write_text(yaml.safe_dump(blocks))
     log = RunLog(run / "runs.csv")
     for variant in ("plain", "CHIME"):

@@ -446,8 +446,16 @@ def test_dataset_config_matches_the_preparer(name, tmp_path):
     import yaml
 
     config = yaml.safe_load((REPO / "dataset_configs" / f"{name}.yaml").read_text())
-    assert list(config) == [name]
+    assert list(config) == [name, f"{name}_chime", f"{name}_learn"]
     block = config[name]
+    for variant, column in (("chime", "chime_hist"), ("learn", "learn_emb")):  # same files, one column on
+        twin = config[f"{name}_{variant}"]
+        assert {k: v for k, v in twin.items() if k != "feature_cols"} == \
+            {k: v for k, v in block.items() if k != "feature_cols"}
+        expected = [{**c, "active": True} if c["name"] == column else c
+                    for c in block["feature_cols"]
+                    if str(c["name"]) not in ({"chime_hist", "learn_emb"} - {column})]
+        assert twin["feature_cols"] == expected
     assert block["label_col"] == {"name": "label", "dtype": "float"}
     assert block["rebuild_dataset"] is False and block["max_len"] == 1000
     for key in ("train_data", "valid_data", "test_data", "user_info", "item_info"):
@@ -500,3 +508,30 @@ def test_dataset_config_loads_prepared_fixture(name, tmp_path):
     assert batch["item_seq"].shape == (n, 6) and batch["label"].shape[0] == n
     for col, width in log.dense.items():
         assert batch[col].shape == (n, width)
+
+
+@pytest.mark.parametrize("name", ["microvideo", "tmall", "ebnerd"])
+def test_prepared_config_runs_fuxictrs_own_feature_processor(name, tmp_path, monkeypatch):
+    """The config `prepare` writes beside the data has every vocab_size, so FuxiCTR's own
+    FeatureProcessor -> build_dataset(rebuild_dataset=False) -> FeatureMap.load accepts it
+    (the repository's generic YAML cannot: its sizes depend on the raw files)."""
+    import os
+
+    import yaml
+    from fuxictr.features import FeatureMap
+    from fuxictr.preprocess import FeatureProcessor, build_dataset
+
+    preparers = pytest.importorskip("fuxictr_chime.data.preparers")
+    options, log = _fixture_log(name, tmp_path)
+    data = tmp_path / "data" / name
+    preparers.prepare(name, data, raw_dir=tmp_path / "raw", t1="q0.4", t2="q0.8", min_user_actions=0,
+                      **options)
+    params = {"dataset_id": name, **yaml.safe_load((data / "dataset_config.yaml").read_text())[name]}
+    monkeypatch.chdir(data)  # the written paths are relative to the folder
+    encoder = FeatureProcessor(**params)
+    build_dataset(encoder, **params)
+    data_dir = os.path.join(params["data_root"], name)
+    feature_map = FeatureMap(name, data_dir)
+    feature_map.load(os.path.join(data_dir, "feature_map.json"), params)
+    for col in ["item_id", *log.categorical]:
+        assert feature_map.features[col]["vocab_size"] >= 2

@@ -17,7 +17,7 @@ import yaml
 from fuxictr_chime.models import runner
 
 REPO = Path(__file__).resolve().parents[2]
-ZOO_MODELS = ("DIN", "SimSoft", "ETA", "SDIM", "TWIN")
+ZOO_MODELS = ("DIN", "SimSoft", "ETA", "SDIM", "TWIN", "MIRRN")
 DATASETS = ("movielens", "microvideo", "tmall", "ebnerd")
 PAPER_DATASETS = ("microvideo", "tmall", "ebnerd")
 CONFIG_DIRS = [REPO / "model_zoo" / m / "config" for m in ZOO_MODELS] + [REPO / "examples" / "config"]
@@ -66,9 +66,11 @@ def test_fuxictr_load_config_and_registry(config_dir, expid):
     ours = runner.load_experiment(config_dir, expid)
     model_cls = runner.load_model_class(ours["model"])
     column = {"_CHIME": "chime_hist", "_LEARN": "learn_emb"}
-    for suffix, name in column.items():
-        active = {"name": name, "active": True} in (params.get("feature_specs") or [])
-        assert active == (suffix in expid), (expid, params.get("feature_specs"))
+    active_cols = {n for c in params["feature_cols"] if c["active"]  # FuxiCTR's merge
+                   for n in (c["name"] if isinstance(c["name"], list) else [c["name"]])}
+    for suffix, name in column.items():  # "X w/ CHIME": a dataset id with the column active
+        assert (name in active_cols) == (suffix in expid), (expid, params["dataset_id"], active_cols)
+        assert not any(spec.get("name") == name for spec in params.get("feature_specs") or [])
     if config_dir.parent.name in ZOO_MODELS:
         assert ours["model"] == expid.rsplit("_", 1)[0]
         assert model_cls.__name__ == ours["model"]
@@ -85,7 +87,7 @@ def test_paper_settings(model):
         assert params["learning_rate"] == 5.e-4 and params["batch_size"] == 2048
         assert params["short_len"] == 30 and params["max_len"] == 1000
         assert params["early_stop_patience"] >= 1 and params["epochs"] >= 10
-        if model in ("SimSoft", "ETA", "TWIN"):
+        if model in ("SimSoft", "ETA", "TWIN", "MIRRN"):
             assert params["topk"] == 50
         if model == "SDIM":
             assert (params["num_hashes"], params["hash_bits"]) == (48, 3)

@@ -72,7 +72,8 @@ def write_prepared(folder: Path, *, seed: int = 0, with_chime: bool = True) -> N
             folder / f"{split}.parquet")
 
 
-def dataset_block(data_dir: str) -> dict:
+def dataset_block(data_dir: str, chime: bool = False) -> dict:
+    """The dataset block of a prepared folder; ``chime``: the ``<id>_chime`` twin with the column on."""
     return {
         "data_root": data_dir, "data_format": "parquet", "rebuild_dataset": False,
         "train_data": f"{data_dir}/train.parquet", "valid_data": f"{data_dir}/valid.parquet",
@@ -87,7 +88,7 @@ def dataset_block(data_dir: str) -> dict:
              "source": "item", "vocab_size": N_CATES + 1},
             {"name": "title_emb", "active": True, "dtype": "list", "type": "embedding",
              "source": "item", "pretrain_dim": TITLE_DIM, "embedding_dim": 8},
-            {"name": "chime_hist", "active": False, "dtype": "list", "type": "embedding",
+            {"name": "chime_hist", "active": chime, "dtype": "list", "type": "embedding",
              "source": "user", "pretrain_dim": 64, "embedding_dim": 8},
         ],
         "label_col": {"name": "label", "dtype": "float"},
@@ -114,16 +115,17 @@ def tiny_config(tmp_path_factory) -> Path:
     cfg = root / "config"
     cfg.mkdir()
     (cfg / "dataset_config.yaml").write_text(yaml.safe_dump(
-        {"tiny": dataset_block("../data"),
+        {"tiny": dataset_block("../data"), "tiny_chime": dataset_block("../data", chime=True),
          "tiny_nochime": {**dataset_block("../data_nochime")}}))
     write_prepared(root / "data_nochime", with_chime=False)
     blocks = {"Base": {"model_root": "./checkpoints/"}}
     for expid, base in (("DIN_tiny", "DIN_movielens"), ("DIN_CHIME_tiny", "DIN_CHIME_movielens")):
-        blocks[expid] = {**zoo_block("DIN", base), "dataset_id": "tiny"}
+        block = zoo_block("DIN", base)  # the zoo's CHIME block names movielens_chime
+        blocks[expid] = {**block, "dataset_id": block["dataset_id"].replace("movielens", "tiny")}
     blocks["DIN_CHIME_nochime"] = {**blocks["DIN_CHIME_tiny"], "dataset_id": "tiny_nochime",
                                    "feature_specs": None}
     example = yaml.safe_load((REPO / "examples" / "config" / "model_config.yaml").read_text())
-    dnn = {**example["Base"], **example["DNN_CHIME_movielens"], **TINY, "dataset_id": "tiny",
+    dnn = {**example["Base"], **example["DNN_CHIME_movielens"], **TINY, "dataset_id": "tiny_chime",
            "model": f"{REPO / 'examples' / 'dnn.py'}:DNN"}
     blocks["DNN_CHIME_tiny"] = dnn
     (cfg / "model_config.yaml").write_text(yaml.safe_dump(blocks))
@@ -153,16 +155,19 @@ def test_run_experiment_din_and_chime(tiny_config, tmp_path, expid):
     assert result["model"] == ("DIN" if expid == "DIN_tiny" else "DIN_CHIME")
     assert result["seed"] == 7
     assert Path(result["results_csv"]) == tmp_path / "ckpt" / "results.csv"
-    assert (tmp_path / "ckpt" / "tiny" / f"{expid}.log").stat().st_size > 0
+    dataset_id = "tiny" if expid == "DIN_tiny" else "tiny_chime"
+    assert result["dataset_id"] == dataset_id
+    assert (tmp_path / "ckpt" / dataset_id / f"{expid}.log").stat().st_size > 0
 
 
 def test_plain_and_chime_differ_only_by_the_column(tiny_config):
     plain = runner.load_experiment(tiny_config, "DIN_tiny")
     chime = runner.load_experiment(tiny_config, "DIN_CHIME_tiny")
-    assert chime["feature_specs"] == (plain["feature_specs"] or []) + \
-        [{"name": "chime_hist", "active": True}]
+    assert chime["dataset_id"] == "tiny_chime" and chime["feature_specs"] == plain["feature_specs"]
+    active = [c for c in chime["feature_cols"] if c != plain["feature_cols"][chime["feature_cols"].index(c)]]
+    assert active == [{**plain["feature_cols"][-1], "active": True}]  # only chime_hist switched on
     differ = {k for k in set(plain) | set(chime) if plain.get(k) != chime.get(k)}
-    assert differ == {"model", "model_id", "feature_specs"}
+    assert differ == {"model", "model_id", "dataset_id", "feature_cols"}
 
 
 def test_cli_run_appends_row_and_prints_metrics(tiny_config, tmp_path, capsys):
@@ -197,7 +202,8 @@ def test_example_config_points_at_the_example_model():
     params = runner.load_experiment(REPO / "examples" / "config", "DNN_CHIME_movielens")
     path, cls = params["model"].rsplit(":", 1)
     assert Path(path) == REPO / "examples" / "dnn.py" and cls == "DNN"
-    assert {"name": "chime_hist", "active": True} in params["feature_specs"]
+    assert params["dataset_id"] == "movielens_chime"
+    assert any(c["name"] == "chime_hist" and c["active"] for c in params["feature_cols"])
     model_cls = runner.load_model_class(params["model"])
     assert model_cls.__name__ == "DNN" and "chime" not in Path(path).read_text().split(
         '"""')[2].lower()  # the model code itself knows nothing about CHIME
@@ -240,17 +246,26 @@ def test_group_metrics_in_process_equal_fuxictr_pool(monkeypatch):
         assert got[name] == pytest.approx(expected[name], rel=1e-12)
 
 
-def test_fuxictr_autotuner_grid_runs_two_configurations(tiny_config, tmp_path):
-    """enumerate_params + grid_search(script=run_expid.py), 2 configurations, real processes."""
+def test_fuxictr_autotuner_grid_runs_two_configurations(tiny_config, tmp_path, monkeypatch):
+    """enumerate_params + grid_search(script=run_expid.py), 2 configurations, real processes;
+    each run appends FuxiCTR's one-line result record to <tuner config name>.csv in the
+    working directory, as FuxiCTR's run_expid.py does."""
+    monkeypatch.chdir(tmp_path)
     tuner = tmp_path / "DNN_tiny_tuner.yaml"
     tuner.write_text(yaml.safe_dump({
-        "base_config": str(tiny_config), "base_expid": "DNN_CHIME_tiny", "dataset_id": "tiny",
+        "base_config": str(tiny_config), "base_expid": "DNN_CHIME_tiny", "dataset_id": "tiny_chime",
         "tuner_space": {"embedding_dim": [4, 8], "verbose": 0}}))
     results = runner.tune(tuner, [-1, -1])  # two CPU slots: both configurations at once
     assert len(results) == 2
     assert sorted(r["params"]["embedding_dim"] for r in results) == [4, 8]
     generated = yaml.safe_load((tmp_path / "DNN_tiny_tuner" / "dataset_config.yaml").read_text())
-    assert os.path.isabs(generated["tiny"]["train_data"])  # copied relative paths fixed
+    assert os.path.isabs(generated["tiny_chime"]["train_data"])  # copied relative paths fixed
+    lines = (tmp_path / "DNN_tiny_tuner.csv").read_text().splitlines()
+    assert sorted(line.split(",[exp_id] ")[1].split(",")[0] for line in lines) == \
+        sorted(r["expid"] for r in results)
+    for line in lines:  # FuxiCTR's fields, print_to_list formatting
+        assert ",[dataset_id] tiny_chime,[train] N.A.,[val] AUC: " in line and " - gAUC: " in line
+        assert ",[test] AUC: " in line and line.startswith(" 20")
     rows = pd.read_csv(Path(results[0]["results_csv"]))
     assert sorted(rows["expid"]) == sorted(r["expid"] for r in results)
     assert all(0.0 <= r["test"]["AUC"] <= 1.0 for r in results)
