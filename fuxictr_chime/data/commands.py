@@ -26,7 +26,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Read raw logs, split them by time (representation < t1 <= train < t2 <= "
                     "test, valid = the last part of train by time) and write the prepared "
                     "folder: train/valid/test.parquet, user_info.parquet, item_info.parquet, "
-                    "representation.parquet, dataset_config.yaml, summary.json.",
+                    "representation.parquet, dataset_config.yaml, summary.json (plus the "
+                    "preparer's own files: synthetic writes planted_truth.json and "
+                    "planted_events.parquet, and the oracle in summary.json).",
         epilog=f"preparers:\n{names}\n\nThresholds: a timestamp (integer) or a quantile of the "
                f"log's event times written qF, 0 < F < 1 (q0.6 = the time before which 60% of "
                f"the events lie).")
@@ -49,7 +51,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--dataset-id", metavar="ID", help="FuxiCTR dataset_id (default NAME)")
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                         help="extra keyword for the preparer's loader (VALUE read as YAML), "
-                             "e.g. --option min_user_actions=20; repeatable")
+                             "e.g. --option min_user_actions=20; for synthetic a generator "
+                             "knob, e.g. --option n_users=200; repeatable")
     parser.set_defaults(func=run_prepare)
 
 

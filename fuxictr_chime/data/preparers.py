@@ -1,7 +1,9 @@
 """Registry of dataset preparers: name -> raw loader module (imported lazily) + default split.
 
 A preparer module exposes ``load(raw_dir, **options) -> BehaviorLog`` and may define
-``DEFAULT_T1`` / ``DEFAULT_T2``, which then take precedence over the registry's defaults below.
+``DEFAULT_T1`` / ``DEFAULT_T2``, which then take precedence over the registry's defaults below,
+and ``extra_outputs(log, split) -> (summary blocks, {file name: content})`` for what it adds to
+the prepared folder (the synthetic preparer's oracle and planted truth).
 :func:`prepare` runs the whole pipeline of the data protocol (spec section 2): load the raw
 log, split it by time (:func:`~fuxictr_chime.data.split.split_by_time`) and write the prepared
 folder (:func:`~fuxictr_chime.data.writer.write_prepared`).
@@ -74,6 +76,10 @@ PREPARERS: dict[str, Preparer] = {p.name: p for p in (
              "Tmall IJCAI-15 user_log_format1.csv, CVR (add-to-cart after a click)"),
     Preparer("ebnerd", "fuxictr_chime.data.ebnerd", "q0.4", "q0.9", None, True,
              "EBNeRD behaviors/history/articles parquet + article embeddings, CTR"),
+    Preparer("synthetic", "fuxictr_chime.data.planted", "q0.6", "q0.9", None, False,
+             "planted-interest log with known click probabilities (no raw folder); "
+             "summary.json: oracle and reference AUCs; knobs via --option, e.g. "
+             "--option n_users=200 (docs/DATASETS.md)"),
 )}
 
 
@@ -123,7 +129,8 @@ def prepare(name: str, out_dir: str | os.PathLike, *, raw_dir: str | os.PathLike
     """Load, split and write dataset ``name`` into ``out_dir``; return the summary dict.
 
     Defaults: t1 / t2 from the preparer (:meth:`Preparer.thresholds`), valid_ratio 0.1,
-    max_len 1000, dataset_id = the preparer's name. ``options`` go to the loader.
+    max_len 1000, dataset_id = the preparer's name. ``options`` go to the loader. The module's
+    ``extra_outputs`` (if any) adds summary blocks and files, computed before anything is written.
     """
     from .split import split_by_time
     from .writer import write_prepared
@@ -133,4 +140,7 @@ def prepare(name: str, out_dir: str | os.PathLike, *, raw_dir: str | os.PathLike
     log = load_log(name, raw_dir, encode_text=encode_text, **options)
     split = split_by_time(log, default_t1 if t1 is None else t1,
                           default_t2 if t2 is None else t2, valid_ratio=valid_ratio)
-    return write_prepared(log, split, out_dir, max_len=max_len, dataset_id=dataset_id or name)
+    extras = getattr(preparer.load_module(), "extra_outputs", None)
+    extra_summary, extra_files = extras(log, split) if extras else ({}, {})
+    return write_prepared(log, split, out_dir, max_len=max_len, dataset_id=dataset_id or name,
+                          extra_summary=extra_summary, extra_files=extra_files)

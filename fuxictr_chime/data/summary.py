@@ -73,7 +73,28 @@ def format_summary(summary: dict) -> str:
         lines.append("  ".join(cells))
     lines.append("(representation: #samples = events before t1, lengths per user; "
                  "ranking partitions: history = positives before the sample, capped at max_len)")
+    lines.extend(_oracle_lines(summary))
     return "\n".join(lines)
+
+
+def _oracle_lines(summary: dict) -> list[str]:
+    """The synthetic preparer's oracle and reference AUCs (test), if the summary has them."""
+    oracle = summary.get("oracle", {}).get("test")
+    if not oracle:
+        return []
+    lines = [f"oracle (true click probabilities), test: AUC {_fmt(oracle['auc'], '.4f')}, "
+             f"logloss {_fmt(oracle['logloss'], '.4f')} "
+             f"(base rate {_fmt(oracle['base_logloss'], '.4f')})"]
+    refs = summary.get("references", {}).get("test", {})
+    if refs:
+        cells = [f"{name} {_fmt(ref['auc'], '.4f')} ({_fmt(ref['gap_closed'], '.0%')})"
+                 for name, ref in refs.items()]
+        lines.append("references, test AUC (share of the 0.5-to-oracle gap): " + ", ".join(cells))
+    return lines
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
 
 
 def write_summary(summary: dict, path: str | os.PathLike) -> None:

@@ -6,7 +6,9 @@ the sample's time; every action before t1 becomes compressor input (``representa
 The folder is the reczoo LongCTR layout plus the compressor input:
 
 ``train/valid/test.parquet``, ``user_info.parquet``, ``item_info.parquet``,
-``representation.parquet``, ``dataset_config.yaml`` (FuxiCTR dialect), ``summary.json``.
+``representation.parquet``, ``dataset_config.yaml`` (FuxiCTR dialect), ``summary.json``;
+a preparer may add files and summary blocks of its own (``extra_files`` / ``extra_summary`` of
+:func:`write_prepared`: the synthetic preparer's oracle and planted truth).
 
 Indices are 1-based with 0 as padding: users ``user_index`` 1..U, items ``item_index`` 1..I
 (items that occur in the events), categorical values 1..V (0 = missing). Users and items are
@@ -76,7 +78,9 @@ class _Encoded:
 
 
 def write_prepared(log: BehaviorLog, split: Split, out_dir: str | os.PathLike, *,
-                   max_len: int = 1000, dataset_id: str | None = None) -> dict:
+                   max_len: int = 1000, dataset_id: str | None = None,
+                   extra_summary: dict | None = None,
+                   extra_files: dict[str, object] | None = None) -> dict:
     """Write the prepared folder of ``log`` split by ``split`` into ``out_dir``.
 
     Args:
@@ -86,11 +90,18 @@ def write_prepared(log: BehaviorLog, split: Split, out_dir: str | os.PathLike, *
         max_len: long-sequence length the ranking models use (dataset config ``max_len``
             and the cap of the history statistics); default 1000.
         dataset_id: FuxiCTR dataset id; default ``log.name``.
+        extra_summary: more top-level blocks for ``summary.json`` (e.g. the synthetic
+            preparer's ``oracle``); a key of the standard summary is a DataError.
+        extra_files: more files of the folder, name -> content: ``*.json`` a JSON-ready dict,
+            ``*.parquet`` a pyarrow Table or pandas DataFrame; a name of the layout is a
+            DataError. Written before ``summary.json``.
 
     Returns:
         The summary dict also saved as ``summary.json``.
     """
     tables = build_tables(log, split, max_len=max_len, dataset_id=dataset_id)
+    extra_files = _check_extras(tables.summary, extra_summary or {}, extra_files or {})
+    tables.summary.update(extra_summary or {})
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise DataError(f"{out}: output path exists and is not a folder")
@@ -101,9 +112,32 @@ def write_prepared(log: BehaviorLog, split: Split, out_dir: str | os.PathLike, *
     write_parquet_atomic(tables.user_info, out / "user_info.parquet")
     write_parquet_atomic(tables.representation, out / "representation.parquet")
     write_yaml_atomic(out / "dataset_config.yaml", tables.config)
+    for name, content in extra_files.items():
+        if name.endswith(".json"):
+            write_json_atomic(out / name, content)
+        else:
+            write_parquet_atomic(content, out / name)
     write_json_atomic(out / "summary.json", tables.summary)
     logger.info("wrote prepared dataset '%s' to %s", tables.summary["dataset_id"], out)
     return tables.summary
+
+
+LAYOUT_FILES = frozenset({f"{name}.parquet" for name in RANKING_PARTS + (
+    "user_info", "item_info", "representation")} | {"dataset_config.yaml", "summary.json"})
+
+
+def _check_extras(summary: dict, extra_summary: dict, extra_files: dict) -> dict:
+    """DataError on an extra summary key or file name that clashes with the standard ones."""
+    clash = sorted(set(extra_summary) & set(summary))
+    if clash:
+        raise DataError(f"extra summary block(s) {clash} clash with the standard summary keys")
+    for name in extra_files:
+        if name in LAYOUT_FILES or Path(name).name != name:
+            raise DataError(f"extra file {name!r}: must be a plain file name outside the "
+                            f"prepared layout {sorted(LAYOUT_FILES)}")
+        if not name.endswith((".json", ".parquet")):
+            raise DataError(f"extra file {name!r}: only .json and .parquet files are written")
+    return dict(extra_files)
 
 
 def build_tables(log: BehaviorLog, split: Split, *, max_len: int = 1000,

@@ -79,7 +79,7 @@ def test_parse_options():
 
 @pytest.mark.parametrize("argv,message", [
     (["prepare", "netflix", "--out", "X"], "unknown preparer 'netflix'; known: ['ebnerd', "
-                                           "'microvideo', 'movielens', 'tmall']"),
+                                           "'microvideo', 'movielens', 'synthetic', 'tmall']"),
     (["prepare", "movielens", "--out", "X", "--source", "SRC", "--t1", "40", "--t2", "30"],
      "must be smaller than t2"),
     (["prepare", "movielens", "--out", "X", "--source", "SRC", "--t1", "0", "--t2", "30"],
@@ -115,7 +115,7 @@ def test_library_entry_points():
         preparers.prepare("x", "unused")
     assert preparers.PREPARERS["movielens"].text_option == "encode_titles"
     assert {p.name for p in preparers.PREPARERS.values()} == {"movielens", "microvideo", "tmall",
-                                                              "ebnerd"}
+                                                              "ebnerd", "synthetic"}
 
 
 @pytest.mark.skipif(not HAS_RECBOLE, reason="recbole wheel absent")
