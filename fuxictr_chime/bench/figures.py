@@ -32,6 +32,37 @@ def ensure_chime(data_dir: str | os.PathLike, out_dir: str | os.PathLike, seed: 
     return view, stats
 
 
+REFERENCE_STYLES = {  # log.csv column -> (label, colour) of the horizontal reference lines
+    "ref_uniform": ("uniform scores", "0.55"),
+    "ref_popularity": ("item popularity", "tab:brown"),
+    "ref_cooccurrence": ("category co-occurrence", "tab:olive"),
+    "ref_popularity_cooccurrence": ("popularity x co-occurrence", "tab:cyan"),
+    "ref_oracle": ("oracle", "black"),
+}
+
+
+def draw_reference_lines(ax, logs: Sequence[pd.DataFrame], metric: str = "holistic") -> list[str]:
+    """Horizontal lines at the reference scorers' eval losses (``ref_*`` columns of log.csv eval
+    rows, written by ``compress train``; compressor/diagnostics.py) on an eval-``metric`` plot.
+
+    Only the holistic loss has references; the values are taken from the first log that has
+    them (runs on the same data and eval users share them). Returns the columns drawn."""
+    if metric != "holistic":
+        return []
+    for log in logs:
+        evals = log[log["split"] == "eval"] if "split" in log else log
+        values = {col: pd.to_numeric(evals[col], errors="coerce").dropna() for col in REFERENCE_STYLES
+                  if col in evals}
+        values = {col: float(v.iloc[0]) for col, v in values.items() if len(v)}
+        if not values:
+            continue
+        for col, value in values.items():
+            label, colour = REFERENCE_STYLES[col]
+            ax.axhline(value, color=colour, linestyle=":", linewidth=1.2, label=f"{label} ({value:.3f})")
+        return list(values)
+    return []
+
+
 def codebook_table(stats: Sequence[dict]) -> str:
     """Paper Table 5 layout from export stats of one or more seeds (means over seeds)."""
     rows = [s for s in stats if s.get("hit_ratio")]

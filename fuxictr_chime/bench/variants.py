@@ -121,7 +121,9 @@ def format_variant_table(runs: pd.DataFrame, order: Sequence[str], title: str = 
 
 def plot_eval_curves(curves: dict[str, pd.DataFrame], path: str | os.PathLike, *,
                      metric: str = "holistic", title: str = "") -> Path:
-    """Eval-loss curves (paper Figure 4): one line per label from each run's log.csv eval rows."""
+    """Eval-loss curves (paper Figure 4): one line per label from each run's log.csv eval rows, and
+    for the holistic loss dotted horizontal lines at the reference scorers' losses where the logs
+    have them (uniform, popularity, co-occurrence, oracle: :func:`.figures.draw_reference_lines`)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -132,6 +134,9 @@ def plot_eval_curves(curves: dict[str, pd.DataFrame], path: str | os.PathLike, *
         ev = log[log["split"] == "eval"]
         ax.plot(ev["step"], ev[metric], marker="o", ms=3, label=label,
                 linestyle="--" if "Random" in label else "-")
+    from .figures import draw_reference_lines  # reference scorers' losses (log.csv ref_* columns)
+
+    draw_reference_lines(ax, list(curves.values()), metric)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel(f"eval {metric} loss")
     ax.set_title(title or f"eval {metric} loss during training")

@@ -11,7 +11,12 @@ concatenation of its per-codebook code histograms (frequencies by default, count
 * ``<column>.h5`` on request: dataset ``<column>`` (U+1, d) float32 and ``user_index`` (U+1,);
 * ``dataset_config.yaml``: the feature spec ``{name: <column>, active: true, dtype: list,
   type: embedding, source: user, pretrain_dim: d, embedding_dim: 16}`` added or replaced;
-* ``<column>_codebooks.json``: per-codebook hit ratio and perplexity (paper Table 5).
+* ``<column>_codebooks.json``: per-codebook hit ratio and perplexity (paper Table 5);
+* ``<column>_diagnostics.json`` (also ``stats["diagnostics"]``): did the compressor learn?
+  (:func:`.diagnostics.export_diagnostics` over the run's eval users): collapse of the user
+  states z (effective rank, first-PC share, mean cosine; IRM hidden states too for CHIME) and of
+  the exported column, per quantizer level the cumulative variance share and the code-user
+  mutual information against a shuffled control, coverage of the ranking rows per split.
 
 Defaults: column from the registry (``chime_hist`` for CHIME), ``normalize=True``,
 ``h5=False``, ``batch_size`` = the training micro-batch size.
@@ -33,10 +38,11 @@ from tqdm.auto import tqdm
 
 from ..errors import ConfigError, DataError
 from ..io import atomic_path, write_json_atomic, write_parquet_atomic, write_yaml_atomic
+from . import diagnostics
 from .checkpoint import check_fingerprint, data_fingerprint, load_checkpoint
 from .data import RepresentationData
 from .registry import get_compressor
-from .train import move_batch
+from .train import _split_users, move_batch
 
 logger = logging.getLogger(__name__)
 
@@ -85,11 +91,15 @@ def export(checkpoint_dir: str | os.PathLike, data_dir: str | os.PathLike, *, co
         write_json_atomic(path, {k: stats[k] for k in ("column", "codebook_sizes", "hit_ratio", "perplexity",
                                                          "users_with_history", "positions")})
         files["codebooks"] = str(path)
+    stats["diagnostics"] = _diagnostics(model, data, config, features, data_dir, batch_size)
+    path = data_dir / f"{column}_diagnostics.json"
+    write_json_atomic(path, {"column": column, **stats["diagnostics"]})
+    files["diagnostics"] = str(path)
     seconds = time.perf_counter() - started
     stats.update(files=files, seconds=seconds, users_per_second=len(users) / max(seconds, 1e-9),
                  checkpoint=str(ckpt.path), normalize=normalize)
-    logger.info("exported %s (%d floats) for %d users into %s\n%s", column, width, len(users), data_dir,
-                format_codebook_table(stats))
+    logger.info("exported %s (%d floats) for %d users into %s\n%s\n%s", column, width, len(users), data_dir,
+                format_codebook_table(stats), diagnostics.format_export_diagnostics(stats["diagnostics"]))
     return stats
 
 
@@ -196,6 +206,14 @@ def _rebuild(spec, config, ckpt, data: RepresentationData) -> torch.nn.Module:
                           f"missing {list(missing)[:5]}, unexpected {list(unexpected)[:5]}")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return model.to(device).eval()
+
+
+def _diagnostics(model, data: RepresentationData, config, features: np.ndarray, data_dir: Path,
+                 batch_size: int | None) -> dict:
+    """The export's diagnostics block over the training run's eval users (same split as train)."""
+    _, eval_ids = _split_users(data, config.optim)
+    return diagnostics.export_diagnostics(model, data, eval_ids, features, data_dir,
+                                          batch_size=batch_size or config.optim.batch_size, seed=config.optim.seed)
 
 
 def _write_h5(path: Path, column: str, features: np.ndarray) -> Path:

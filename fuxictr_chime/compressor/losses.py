@@ -18,17 +18,24 @@ s(z, p) = <z, p> / tau; whether z and p are L2-normalized first is the caller's 
   nothing but the per-anchor logsumexp and recomputes each chunk's scores in backward, so the
   extra memory is O(chunk_size * B * T) in forward and backward, not O((B * T)^2).
   Half and bfloat16 inputs are scored in float32.
+* :func:`holistic_loss_from_scores` is the same loss with the logits of each anchor's candidates
+  supplied by a score function instead of <z, p> / tau: the entry point of the non-learned
+  reference scorers of :mod:`.diagnostics` (uniform, popularity, co-occurrence, oracle). It is a
+  plain loop over anchor chunks without a custom backward; with scores = <z, p> / tau it equals
+  :func:`holistic_loss` (tests/compressor/test_compressor_diagnostics.py).
 * **Immediate loss** (term (b) of eq. 1, default tau = 0.07, bias b = 0): the mean over pairs
   (u, t) with t and t + 1 both valid of softplus(-y_{t+1} * (s(z_t, p_{t+1}) - b)).
 """
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
 from fuxictr_chime.errors import ConfigError, DataError
 
-__all__ = ["holistic_loss", "immediate_loss"]
+__all__ = ["holistic_loss", "holistic_loss_from_scores", "immediate_loss"]
 
 
 def holistic_loss(
@@ -75,6 +82,65 @@ def holistic_loss(
     count = n_pos.reshape(B * T)[anchor_idx].to(z.dtype)                  # (Na,)
     per_anchor = count * lse - (z_a * pos_sum).sum(-1) / tau              # (Na,)
     return per_anchor.sum() / count.sum()
+
+
+def holistic_loss_from_scores(
+    scores: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | torch.Tensor,
+    labels: torch.Tensor,
+    chunk_size: int | None = None,
+) -> torch.Tensor:
+    """Holistic loss of paper eq. 1 (a) from precomputed logits instead of <z, p> / tau.
+
+    Same anchors, candidates, positives and normalization as :func:`holistic_loss`; only the
+    logit of (anchor, candidate) comes from ``scores``.
+
+    Args:
+        scores: either a callable ``scores(anchor_idx (C,), item_idx (Nv,)) -> (C, Nv)`` giving
+            the logits of anchors against items, both as flat indices ``u * T + t`` into the
+            (B, T) batch (the loss's division by tau is the caller's: pass <z, p> / tau to
+            reproduce :func:`holistic_loss`), or a (B * T, B * T) logit matrix indexed the same way.
+        labels: (B, T) integer tensor with values in {+1, -1, 0 = padding}.
+        chunk_size: number of anchors scored at once (default None: all at once).
+
+    Returns:
+        A scalar; zero when there is no (anchor, positive) pair.
+    """
+    if labels.dim() != 2 or labels.is_floating_point() or labels.is_complex():
+        raise DataError(f"holistic_loss_from_scores: labels must be a (B, T) integer tensor, got "
+                        f"{labels.dtype} {tuple(labels.shape)}")
+    if chunk_size is not None and int(chunk_size) < 1:
+        raise ConfigError(f"holistic_loss_from_scores: chunk_size must be a positive integer or None, "
+                          f"got {chunk_size!r}")
+    if isinstance(scores, torch.Tensor):
+        matrix = scores
+        scores = lambda a, c: matrix[a][:, c]  # noqa: E731  (C, Nv)
+    B, T = labels.shape
+    valid, positive = labels != 0, labels == 1                            # (B, T)
+    n_pos = _reverse_exclusive_cumsum(positive.long().unsqueeze(-1)).squeeze(-1)  # (B, T)
+    anchor_idx = (valid & (n_pos > 0)).reshape(-1).nonzero().squeeze(1)   # (Na,)
+    if anchor_idx.numel() == 0:
+        return torch.zeros((), dtype=torch.float32, device=labels.device)
+    item_idx = valid.reshape(-1).nonzero().squeeze(1)                     # (Nv,) flat index of each column
+    compact = valid.reshape(-1).long().cumsum(0) - 1                      # (B*T,) column of each valid item
+    per_user = valid.sum(1)                                               # (B,)
+    first = per_user.cumsum(0) - per_user                                 # (B,) first column of each user
+    user = torch.div(anchor_idx, T, rounding_mode="floor")                # (Na,)
+    lo, hi = first[user], compact[anchor_idx]                             # (Na,) own past = [lo, hi]
+    end = first[user] + per_user[user] - 1                                # (Na,) own last column
+    pos_col = positive.reshape(-1)[item_idx]                              # (Nv,)
+    cols = torch.arange(item_idx.numel(), device=labels.device).unsqueeze(0)  # (1, Nv)
+    count = n_pos.reshape(-1)[anchor_idx]                                 # (Na,)
+    total = None
+    for sl in _chunks(anchor_idx.numel(), int(chunk_size or anchor_idx.numel())):
+        s = scores(anchor_idx[sl], item_idx)                              # (C, Nv)
+        s = _upcast(s)
+        past = (cols >= lo[sl].unsqueeze(1)) & (cols <= hi[sl].unsqueeze(1))  # (C, Nv) never candidates
+        future_pos = pos_col & (cols > hi[sl].unsqueeze(1)) & (cols <= end[sl].unsqueeze(1))  # (C, Nv)
+        lse = torch.logsumexp(s.masked_fill(past, float("-inf")), dim=1)  # (C,)
+        pos_sum = torch.where(future_pos, s, torch.zeros_like(s)).sum(1)  # (C,)
+        part = (count[sl].to(s.dtype) * lse - pos_sum).sum()
+        total = part if total is None else total + part
+    return total / count.sum().to(total.dtype)
 
 
 def immediate_loss(

@@ -14,6 +14,12 @@ Implements the optimization of paper section 5.1 (Implementations) / spec 3.2:
   ``<output_dir>/log.csv`` (a train row with the mean training losses since the previous eval,
   then an eval row), and a checkpoint: ``<output_dir>/last`` always, ``<output_dir>/best`` when
   the monitored eval loss improves (``model.monitor``: CHIME's holistic loss);
+* diagnostics (:mod:`.diagnostics`): once at the start, the eval holistic loss of the
+  non-learned reference scorers (uniform, popularity, co-occurrence, popularity x
+  co-occurrence, oracle on a planted log) on the same eval users and batches, written to
+  ``<output_dir>/references.json`` and repeated in every eval row (``ref_*`` columns; empty for a
+  compressor without the holistic loss); at every eval the collapse of the eval users' user
+  states z (``eff_rank``, ``pc1_share``, ``mean_cosine``); a console line puts them side by side;
 * ``resume=True`` continues from ``<output_dir>/last``: weights, codebooks, optimizer,
   scheduler, step, position in the epoch and RNG states are restored, so the run ends at the
   same step count as an uninterrupted one.
@@ -37,8 +43,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import ChimeError, ConfigError
-from ..io import write_text_atomic
-from . import distributed
+from ..io import write_json_atomic, write_text_atomic
+from . import diagnostics, distributed
 from .checkpoint import data_fingerprint, load_checkpoint, save_checkpoint
 from .data import RepresentationData
 from .registry import compressor_name_of, get_compressor
@@ -46,9 +52,10 @@ from .registry import compressor_name_of, get_compressor
 logger = logging.getLogger(__name__)
 
 __all__ = ["train", "evaluate", "TrainResult", "NonFiniteLossError", "warmup_cosine",
-           "log_columns", "loss_columns", "move_batch", "LAST", "BEST", "LOG_FILE"]
+           "log_columns", "loss_columns", "move_batch", "LAST", "BEST", "LOG_FILE", "REFERENCES_FILE"]
 
 LAST, BEST, LOG_FILE = "last", "best", "log.csv"
+REFERENCES_FILE = "references.json"
 DEFAULT_LOSS_NAMES = ("holistic", "immediate", "commit")
 
 
@@ -108,6 +115,7 @@ def train(config: Any, *, resume: bool = False, progress: bool = True, max_steps
     _seed_everything(optim.seed)
     data = RepresentationData(config.data_dir, max_len=optim.max_len)
     train_ids, eval_ids = _split_users(data, optim)
+    train_ids_all = train_ids  # popularity counts of the reference scorers: every training user
     train_ids = distributed.shard_users(train_ids)  # this rank's disjoint share (all users in one process)
     fingerprint = data_fingerprint(data.vocab_sizes(), data.dense_widths(), len(data.all_users()))
     device = _device()
@@ -130,6 +138,8 @@ def train(config: Any, *, resume: bool = False, progress: bool = True, max_steps
                 "%d parameters, device %s", name, len(train_ids), len(eval_ids), batches_per_epoch, total,
                 sum(p.numel() for p in model.parameters()), device)
     ctx = _Run(config, name, model, optimizer, scheduler, data, eval_ids, fingerprint, out, device, state)
+    if distributed.is_main_process():
+        ctx.references = _references(config, model, data, train_ids_all, eval_ids, out)
     final = ctx.loop(train_ids, total, progress)
     return TrainResult(out, name, state.step, total, state.best_step,
                        None if math.isinf(state.best_metric) else state.best_metric, out / LAST,
@@ -189,9 +199,13 @@ def loss_columns(model: torch.nn.Module) -> tuple[str, ...]:
 
 
 def log_columns(num_codebooks: int, losses: Sequence[str] = (*DEFAULT_LOSS_NAMES, "loss")) -> list[str]:
-    """Header of ``log.csv``: step, split, the loss columns, lr, hit_ratio_1..M, perplexity_1..M, time."""
+    """Header of ``log.csv``: step, split, the loss columns, lr, hit_ratio_1..M, perplexity_1..M, time,
+    then the diagnostics of eval rows (empty in train rows): with a holistic loss the reference
+    scorers' eval losses ref_uniform, ref_popularity, ref_cooccurrence, ref_popularity_cooccurrence,
+    ref_oracle (empty without a planted truth), then eff_rank, pc1_share, mean_cosine of z."""
+    extra = [c for c in diagnostics.DIAGNOSTIC_COLUMNS if "holistic" in losses or not c.startswith("ref_")]
     return (["step", "split", *losses, "lr"] + [f"hit_ratio_{m + 1}" for m in range(num_codebooks)]
-            + [f"perplexity_{m + 1}" for m in range(num_codebooks)] + ["time"])
+            + [f"perplexity_{m + 1}" for m in range(num_codebooks)] + ["time", *extra])
 
 
 def move_batch(batch: Any, device: torch.device | str) -> Any:
@@ -220,6 +234,7 @@ class _Run:
         self.train_sums = dict.fromkeys(self.losses, 0.0)
         self.train_count = 0
         self.train_model = distributed.wrap_ddp(model)  # DDP under torch.distributed, else the model
+        self.references: dict = {}  # reference-scorer eval losses (rank 0), set by train()
 
     def loop(self, train_ids: Sequence[int], total: int, progress: bool) -> dict:
         state, optim = self.state, self.optim
@@ -283,13 +298,19 @@ class _Run:
     def _evaluate_log_save(self, checkpoint: bool) -> tuple[dict, tuple[float, int | None]]:
         state = self.state
         result = evaluate(self.model, self.data, self.eval_ids, self.optim, self.device)
+        collapse = diagnostics.state_diagnostics(self.model, self.data, self.eval_ids,
+                                                 batch_size=self.optim.batch_size, seed=self.optim.seed)
         rows = []
         if self.train_count:
             rows.append(self._row("train", {k: v / self.train_count for k, v in self.train_sums.items()}))
             self.train_sums, self.train_count = dict.fromkeys(self.losses, 0.0), 0
-        rows.append(self._row("eval", result))
+        eval_row = self._row("eval", result)
+        eval_row.update({f"ref_{name}": value for name, value in self.references.items()}, **collapse)
+        rows.append(eval_row)
         _append_log(self.out / LOG_FILE, log_columns(self.num_codebooks, self.losses), rows)
         logger.info("step %d eval: %s", state.step, _describe(result, self.losses))
+        logger.info("step %d %s", state.step, diagnostics.format_eval_summary(
+            result, self.references, collapse, self.monitor if self.monitor in result else "loss"))
         if checkpoint:
             metric = result[self.monitor]
             improved = metric < state.best_metric
@@ -418,11 +439,33 @@ def _restore(path: Path, model, optimizer, scheduler, config, name: str) -> _Sta
 
 def _append_log(path: Path, columns: list[str], rows: list[dict]) -> None:
     new = not path.exists() or path.stat().st_size == 0
+    if not new:  # resuming a log written with other columns: keep its header
+        with open(path, newline="") as handle:
+            columns = next(csv.reader(handle), None) or columns
     with open(path, "a", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
         if new:
             writer.writeheader()
         writer.writerows(rows)
+
+
+def _references(config: Any, model: torch.nn.Module, data: RepresentationData, train_ids: Sequence[int],
+                eval_ids: Sequence[int], out: Path) -> dict[str, float]:
+    """Eval holistic loss of the reference scorers (same eval users, batches, weighting as
+    :func:`evaluate`), written to ``references.json``; {} for a model without the holistic loss."""
+    loss_cfg = getattr(config, "loss", None)
+    if "holistic" not in loss_columns(model) or not getattr(loss_cfg, "holistic", False):
+        return {}
+    optim = config.optim
+    refs = diagnostics.run_references(data, train_ids, eval_ids, batch_size=optim.batch_size, seed=optim.seed,
+                                      chunk_size=getattr(loss_cfg, "chunk_size", None) or 256)
+    write_json_atomic(out / REFERENCES_FILE, {**refs, "metric": "holistic", "tau": loss_cfg.tau_holistic,
+                                              "note": "eval holistic loss of non-learned scorers (logit = fitted "
+                                                      "scale x log of a smoothed count); see "
+                                                      "compressor/diagnostics.py"})
+    logger.info("reference eval holistic losses: %s",
+                " ".join(f"{name}={value:.4f}" for name, value in refs["losses"].items()))
+    return refs["losses"]
 
 
 def _truncate_log(path: Path, step: int) -> None:

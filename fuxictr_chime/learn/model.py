@@ -108,6 +108,12 @@ class LEARNCompressor(nn.Module):
         """One AdamW group at ``optim.lr_new`` (plus ``lr_pretrained`` for a pretrained user tower)."""
         return optimizer_groups(self, optim)
 
+    def user_states(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-position user embeddings (B, T, 64) over the compacted positives and their mask
+        (B, T) bool: the user vectors of the collapse diagnostics (:mod:`..compressor.diagnostics`)."""
+        u, _, mask = self._towers(batch)
+        return u, mask
+
     def user_features(self, batch: Mapping[str, Any], normalize: bool = True) -> torch.Tensor:
         """``learn_emb`` (B, 64): the user embedding at the last positive behavior; zeros without one.
 

@@ -169,4 +169,4 @@ def test_checkpoint_write_is_atomic(tiny_config, tmp_path, monkeypatch):
         ckpt_mod.save_checkpoint(result.last_checkpoint, model=model, config=tiny_config, compressor="CHIME",
                                  fingerprint={})
     assert {p.name: p.read_bytes() for p in result.last_checkpoint.iterdir()} == before
-    assert sorted(p.name for p in result.output_dir.iterdir()) == ["best", "last", "log.csv"]
+    assert sorted(p.name for p in result.output_dir.iterdir()) == ["best", "last", "log.csv", "references.json"]

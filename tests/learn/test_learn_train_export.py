@@ -80,8 +80,13 @@ def test_train_logs_the_dense_all_action_loss(data_dir, tmp_path):
     result = train(_config(data_dir, tmp_path / "run"), progress=False, compressor="LEARN")
     assert result.compressor == "LEARN" and result.step == result.total_steps == 3
     log = pd.read_csv(result.log_path)
-    # no codebooks: no hit_ratio / perplexity columns
-    assert list(log.columns) == ["step", "split", "dense_all_action", "loss", "lr", "time"]
+    # no codebooks: no hit_ratio / perplexity columns; no holistic loss: no reference columns, only
+    # the collapse of its user vectors (compressor/diagnostics.py) in eval rows
+    assert list(log.columns) == ["step", "split", "dense_all_action", "loss", "lr", "time", "eff_rank",
+                                 "pc1_share", "mean_cosine"]
+    evals_all = log[log["split"] == "eval"]
+    assert ((evals_all["eff_rank"] >= 0) & (evals_all["eff_rank"] <= 64)).all()
+    assert log.loc[log["split"] == "train", "eff_rank"].isna().all()
     assert log[["step", "split"]].values.tolist() == [[0, "eval"], [2, "train"], [2, "eval"],
                                                        [3, "train"], [3, "eval"]]
     assert np.isfinite(log[["dense_all_action", "loss"]].to_numpy(float)).all()
@@ -99,6 +104,10 @@ def test_export_writes_one_64_float_row_per_user_and_the_spec(data_dir, tmp_path
     stats = export(result.best_checkpoint, data_dir, progress=False)
     assert (stats["column"], stats["width"], stats["users"]) == ("learn_emb", 64, N_USERS)
     assert stats["users_with_history"] == N_USERS - WITHOUT_HISTORY and not stats.get("hit_ratio")
+    block = stats["diagnostics"]  # same export path as CHIME: collapse of the user vectors, no levels
+    assert "levels" not in block and block["z"]["vectors"] == block["positions"]  # positives of the eval user(s)
+    assert block["features"]["vectors"] > 1 and 0 < block["features"]["effective_rank"] <= 64
+    assert set(block["coverage"]) == {"train", "valid", "test"}
     emb = _learn_emb(data_dir)
     assert emb.shape == (N_USERS + 1, 64) and emb.dtype == np.float32
     norms = np.linalg.norm(emb, axis=1)
