@@ -24,10 +24,21 @@ def register(subparsers) -> None:
     t2 = sub.add_parser("table2", help="Table 2: models plain / w/ LEARN / w/ CHIME over seeds")
     _common(t2, 5)
     t2.add_argument("--models", default="DIN,SimSoft,ETA,SDIM,TWIN", help="comma-separated model names")
-    t2.add_argument("--variants", default="plain,LEARN,CHIME", help="comma-separated subset of plain,LEARN,CHIME")
+    t2.add_argument("--variants", default="plain,LEARN,CHIME",
+                    help="comma-separated subset of plain,LEARN,CHIME,HIST,STATS (default: the paper's "
+                         "plain,LEARN,CHIME). HIST / STATS: non-learned controls with the same budget "
+                         "(rows 'X w/ HIST': 64-bin category histogram of the user's positives before t1; "
+                         "'X w/ STATS': positive rate and log(1 + history length)); computed per seed "
+                         "without training (compress controls), run with the w/ CHIME experiment; "
+                         "two more ranking runs per model and seed")
     t2.add_argument("--slices", type=int, default=None, metavar="N",
                     help="also rows 'X w/ CHIME (sliced)': the same CHIME compressor exported as N "
                          "time-sliced snapshots (compress export --slices); comparison in slices.md")
+    t2.add_argument("--coverage", action="store_true",
+                    help="after the grid, re-evaluate every finished run (from its checkpoint) on the test "
+                         "rows of users with representation-set history: table2_with_history.md (Table 2 "
+                         "on those users, and 'all users | users with history' side by side; per-run "
+                         "subset metrics in coverage.csv, reused while a checkpoint is unchanged)")
     t2.set_defaults(func=_table2)
     ab = sub.add_parser("ablation", help="Table 3: CHIME w/o IL, w/o ICM, w/o IAM feeding DIN")
     _common(ab, 1)
@@ -49,13 +60,32 @@ def register(subparsers) -> None:
 def _kwargs(args) -> dict:
     from .pipeline import DEFAULT_ZOO
 
+    _check_common(args)
     out = {"zoo": args.zoo or DEFAULT_ZOO, "compressor_steps": args.compressor_steps,
            "progress": not args.no_progress}
     return out
 
 
+def _check_common(args) -> None:
+    """The arguments every bench command shares, checked before anything is trained or written:
+    ``--data`` is a prepared folder (its dataset_config.yaml), ``--seeds``, ``--epochs`` and
+    ``--compressor-steps`` are >= 1, ``--zoo`` exists."""
+    from pathlib import Path
+
+    from ..errors import ConfigError
+    from .pipeline import dataset_id_of
+
+    dataset_id_of(args.data)  # DataError naming the missing dataset_config.yaml
+    for flag, value in (("--seeds", args.seeds), ("--epochs", args.epochs),
+                        ("--compressor-steps", args.compressor_steps)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{flag} must be >= 1, got {value}")
+    if args.zoo is not None and not Path(args.zoo).is_dir():
+        raise ConfigError(f"--zoo {args.zoo}: no such folder")
+
+
 def _ranking(args) -> dict | None:
-    out = {"epochs": args.epochs} if args.epochs else {}
+    out = {"epochs": args.epochs} if args.epochs is not None else {}
     if args.gpu is not None and args.gpu >= 0:
         out["gpu"] = args.gpu
     return out or None
@@ -64,11 +94,15 @@ def _ranking(args) -> dict | None:
 def _table2(args) -> int:
     from .table2 import run_table2
 
+    kwargs = _kwargs(args)  # common checks; run_table2 checks models, variants, slices up front
     run_table2(args.data, args.out, models=_split(args.models), variants=_split(args.variants),
-               seeds=args.seeds, ranking_overrides=_ranking(args), slices=args.slices, **_kwargs(args))
+               seeds=args.seeds, ranking_overrides=_ranking(args), slices=args.slices, coverage=args.coverage,
+               **kwargs)
     print(open(f"{args.out}/table2.md").read())
     if args.slices:
         print(open(f"{args.out}/slices.md").read())
+    if args.coverage:
+        print(open(f"{args.out}/table2_with_history.md").read())
     return 0
 
 

@@ -11,9 +11,14 @@ predicts one split with the runner's loader (:func:`~fuxictr_chime.models.runner
 and computes the runner's metrics (:func:`~fuxictr_chime.models.runner.evaluate_metrics`) on
 all samples, on the samples of users with representation-set history, and on the others.
 
-Defaults: split ``test``; the zoo of the repository; rows whose checkpoint is missing are
+Defaults: split ``test``; the zoo of the repository; CPU; rows whose checkpoint is missing are
 skipped with a warning. The ``all`` rows carry the metrics stored in ``runs.csv`` next to the
-recomputed ones, so the rebuild can be checked (:func:`reproduction_gap`).
+recomputed ones, so the rebuild can be checked (:func:`reproduction_gap`). With a ``cache`` CSV,
+rows whose checkpoint is unchanged since it was analyzed (same file, same mtime) are not predicted
+again. ``bench table2 --coverage`` (:func:`write_history_tables`) turns the subsets into
+``table2_with_history.md``: the Table 2 layout on the users with history, and "all users | users
+with history" side by side; :func:`history_share` gives the share of a split's rows whose user has
+history (the header line of ``table2.md``).
 """
 from __future__ import annotations
 
@@ -29,9 +34,12 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError, DataError
-from .pipeline import DEFAULT_ZOO, command_line, dataset_id_of, ranker_experiment
+from ..io import atomic_path, write_text_atomic
+from .pipeline import CONTROL_OF_VARIANT, DEFAULT_ZOO, command_line, dataset_id_of, dataset_overrides, \
+    ranker_experiment
 from .runs import RunLog
-from .table import SLICED, VARIANT_ORDER, row_label
+from .table import SLICED, VARIANT_ORDER, compute_table, format_markdown as format_table, format_side_by_side, \
+    row_label
 
 logger = logging.getLogger(__name__)
 
@@ -54,10 +62,14 @@ class Prediction:
 def run_layout(run_dir: str | os.PathLike, seed: int, variant: str) -> tuple[Path, Path, str]:
     """``(data view, model_root, zoo variant)`` of a table2 row, as :func:`.table2.run_table2`
     lays them out: ``seed_<s>/data`` + ``seed_<s>/models``; the sliced rows use
-    ``seed_<s>/data_sliced`` + ``seed_<s>/models_sliced`` and the zoo's ``_CHIME`` experiment."""
+    ``seed_<s>/data_sliced`` + ``seed_<s>/models_sliced`` and the zoo's ``_CHIME`` experiment; the
+    controls (HIST, STATS) ``seed_<s>/data`` + ``seed_<s>/models_<hist|stats>`` (they run the
+    ``_CHIME`` experiment id with another model: their own checkpoint folder)."""
     base = Path(run_dir) / f"seed_{int(seed)}"
     if variant == SLICED:
         return base / "data_sliced", base / "models_sliced", "CHIME"
+    if variant in CONTROL_OF_VARIANT:
+        return base / "data", base / f"models_{variant.lower()}", variant
     return base / "data", base / "models", variant
 
 
@@ -113,17 +125,20 @@ def coverage_rows(pred: Prediction, users_with_history: np.ndarray, metrics: lis
             for name, mask in masks.items()]
 
 
-def row_params(run_dir: str | os.PathLike, row: dict, *, zoo: str | os.PathLike = DEFAULT_ZOO) -> dict:
-    """The runner's resolved parameters of one ``runs.csv`` row (CPU)."""
+def row_params(run_dir: str | os.PathLike, row: dict, *, zoo: str | os.PathLike = DEFAULT_ZOO, gpu: int = -1,
+               overrides: dict | None = None) -> dict:
+    """The runner's resolved parameters of one ``runs.csv`` row on device ``gpu`` (-1: CPU), with the
+    ranking ``overrides`` the run had (``bench --epochs``: ``{"epochs": N}``)."""
     from ..models.runner import experiment_params
 
     view, model_root, variant = run_layout(run_dir, int(row["seed"]), str(row["variant"]))
+    overrides = {k: v for k, v in (overrides or {}).items() if k != "gpu"}  # as run_ranker pops it
     config_dir, expid, overrides = ranker_experiment(str(row["model"]), variant, dataset_id_of(view), view,
-                                                     zoo=zoo)
+                                                     zoo=zoo, overrides=overrides)
     if str(row.get("expid", expid)) != expid:
         raise ConfigError(f"runs.csv row {row['model']}/{row['variant']}/seed {row['seed']}: expid "
                           f"{row['expid']!r}, but the layout gives {expid!r}")
-    return experiment_params(config_dir, expid, gpu=-1, seed=int(row["seed"]), model_root=model_root,
+    return experiment_params(config_dir, expid, gpu=gpu, seed=int(row["seed"]), model_root=model_root,
                              overrides=overrides)
 
 
@@ -140,8 +155,11 @@ def config_drift(params: dict, result_json: str | os.PathLike) -> list[str]:
 
 
 def analyze_row(run_dir: str | os.PathLike, row: dict, *, split: str = "test",
-                zoo: str | os.PathLike = DEFAULT_ZOO, progress: bool = True) -> list[dict] | None:
-    """The subset rows of one ``runs.csv`` row; None (with a warning) when its checkpoint is missing."""
+                zoo: str | os.PathLike = DEFAULT_ZOO, progress: bool = True, gpu: int = -1,
+                overrides: dict | None = None, cached: pd.DataFrame | None = None) -> list[dict] | None:
+    """The subset rows of one ``runs.csv`` row; None (with a warning) when its checkpoint is missing.
+    ``cached``: earlier output; its rows of the same run, split and unchanged checkpoint are returned
+    instead of predicting again."""
     from ..models.runner import build_experiment, make_loaders
 
     label = f"{row_label(row['model'], row['variant'])} seed {row['seed']}"
@@ -149,11 +167,19 @@ def analyze_row(run_dir: str | os.PathLike, row: dict, *, split: str = "test",
     if not (view / "dataset_config.yaml").exists():
         logger.warning("%s: data view %s missing; row skipped", label, view)
         return None
-    params = row_params(run_dir, row, zoo=zoo)
+    params = row_params(run_dir, row, zoo=zoo, gpu=gpu, overrides=overrides)
     checkpoint = Path(params["model_root"]) / params["dataset_id"] / f"{params['model_id']}.model"
     if not checkpoint.exists():
         logger.warning("%s: checkpoint %s missing; row skipped", label, checkpoint)
         return None
+    mtime = checkpoint.stat().st_mtime_ns
+    if cached is not None and not cached.empty:
+        same = cached[(cached["model"].astype(str) == str(row["model"])) & (cached["seed"] == int(row["seed"]))
+                      & (cached["variant"].astype(str) == str(row["variant"])) & (cached["split"] == split)
+                      & (cached["checkpoint"] == str(checkpoint)) & (cached["checkpoint_mtime_ns"] == mtime)]
+        if len(same) == len(SUBSETS):
+            logger.info("%s: checkpoint unchanged since its coverage rows were computed; reused", label)
+            return same.to_dict("records")
     if not params.get(f"{split}_data"):
         raise ConfigError(f"{label}: no {split}_data in the dataset config")
     feature_map, model = build_experiment(params)
@@ -165,7 +191,7 @@ def analyze_row(run_dir: str | os.PathLike, row: dict, *, split: str = "test",
     drift = config_drift(params, checkpoint.with_suffix(".json"))
     prefix = STORED_PREFIX[split]
     common = {"model": row["model"], "variant": row["variant"], "seed": int(row["seed"]), "split": split,
-              "expid": params["model_id"], "checkpoint": str(checkpoint),
+              "expid": params["model_id"], "checkpoint": str(checkpoint), "checkpoint_mtime_ns": mtime,
               "trained_commit": _commit_of(row.get("versions")), "config_drift": ";".join(drift)}
     out = []
     for sub in rows:
@@ -179,9 +205,12 @@ def analyze_row(run_dir: str | os.PathLike, row: dict, *, split: str = "test",
 
 
 def analyze_run(run_dir: str | os.PathLike, *, split: str = "test", zoo: str | os.PathLike = DEFAULT_ZOO,
-                progress: bool = True) -> pd.DataFrame:
+                progress: bool = True, gpu: int = -1, overrides: dict | None = None,
+                cache: str | os.PathLike | None = None) -> pd.DataFrame:
     """Subset metrics of every row of ``<run_dir>/runs.csv`` (one row per model, variant, seed,
-    subset), with the command line and the current versions."""
+    subset), with the command line and the versions that computed them. ``gpu`` / ``overrides``:
+    as :func:`row_params`. ``cache``: a CSV of earlier output, reused for unchanged checkpoints and
+    rewritten (atomically) after every newly analyzed row."""
     from ..models.runner import versions
 
     if split not in SPLITS:
@@ -190,15 +219,85 @@ def analyze_run(run_dir: str | os.PathLike, *, split: str = "test", zoo: str | o
     if not runs_csv.exists():
         raise DataError(f"{runs_csv}: missing; is {run_dir} a `bench table2` run directory?")
     rows = RunLog(runs_csv).rows
+    cached = pd.read_csv(cache, float_precision="round_trip") if cache is not None and Path(cache).exists() else None
+    if cached is not None and "checkpoint_mtime_ns" not in cached:  # written before the column existed
+        cached = None
+    stamp = {"command": command_line(), "versions": ";".join(f"{k}={v}" for k, v in versions().items())}
     out: list[dict] = []
     for row in tqdm(rows, desc="coverage", disable=not progress):
-        result = analyze_row(run_dir, row, split=split, zoo=zoo, progress=progress)
-        out.extend(result or [])
-    frame = pd.DataFrame(out)
-    if not frame.empty:
-        frame["command"] = command_line()
-        frame["versions"] = ";".join(f"{k}={v}" for k, v in versions().items())
-    return frame
+        result = analyze_row(run_dir, row, split=split, zoo=zoo, progress=progress, gpu=gpu, overrides=overrides,
+                             cached=cached)
+        fresh = bool(result) and "command" not in result[0]  # reused rows carry the command that made them
+        out.extend({**r, **stamp} if fresh else r for r in result or [])
+        if cache is not None and fresh:
+            with atomic_path(cache) as tmp:
+                pd.DataFrame(out).to_csv(tmp, index=False)
+    return pd.DataFrame(out)
+
+
+def history_share(data_dir: str | os.PathLike, split: str = "test") -> dict | None:
+    """Rows of ``split`` of a prepared folder (or data view) whose user has representation-set history:
+    ``{"rows", "rows_with_history", "users", "users_with_history", "share"}``; None without the split or
+    without a ``representation.parquet``."""
+    import pyarrow.parquet as pq
+
+    from ..data.loader import resolve_parquet_path
+
+    path = dataset_overrides(data_dir).get(f"{split}_data")
+    if not path or not (Path(data_dir) / "representation.parquet").exists():
+        return None
+    users = pq.read_table(resolve_parquet_path(path, f"{split}_data"), columns=["user_index"])
+    users = users.column("user_index").to_numpy()  # (S,)
+    has = np.isin(users, history_users(data_dir))  # (S,)
+    return {"rows": int(len(users)), "rows_with_history": int(has.sum()), "users": int(len(np.unique(users))),
+            "users_with_history": int(len(np.unique(users[has]))), "share": float(has.mean()) if len(has) else 0.0}
+
+
+def history_note(share: dict | None, split: str = "test") -> str:
+    """The ``table2.md`` header line of :func:`history_share` ("" without the split)."""
+    if not share:
+        return ""
+    return (f"{split.capitalize()} rows whose user has representation-set history (behaviors before t1; the other "
+            f"users' compressed and control columns are all zeros): {100 * share['share']:.2f}% "
+            f"({share['rows_with_history']} of {share['rows']} rows; {share['users_with_history']} of "
+            f"{share['users']} users).")
+
+
+def subset_runs(frame: pd.DataFrame, subset: str) -> pd.DataFrame:
+    """The rows of one subset of :func:`analyze_run` output, shaped like ``runs.csv`` (model, variant,
+    seed, metrics) for :func:`~.table.compute_table`."""
+    return frame[frame["subset"] == subset].reset_index(drop=True)
+
+
+def write_history_tables(run_dir: str | os.PathLike, *, models: list[str] | None = None, title: str = "",
+                         zoo: str | os.PathLike = DEFAULT_ZOO, gpu: int = -1, overrides: dict | None = None,
+                         progress: bool = True) -> str:
+    """``bench table2 --coverage``: analyze every finished run of ``run_dir`` on its test split (cache
+    ``coverage.csv``) and write ``table2_with_history.md``: the Table 2 layout on the test rows of
+    users with representation-set history, then "all users | users with history" side by side
+    (both recomputed from the checkpoints; the "all" column reproduces ``runs.csv``, checked in the
+    last line). Returns the markdown."""
+    run_dir = Path(run_dir)
+    frame = analyze_run(run_dir, zoo=zoo, progress=progress, gpu=gpu, overrides=overrides,
+                        cache=run_dir / "coverage.csv")
+    if frame.empty:
+        text = f"### {title}\n\nNo run with a checkpoint was found.\n"
+    else:
+        hist, every = subset_runs(frame, "history"), subset_runs(frame, "all")
+        first = hist.iloc[0]
+        note = (f"Test rows of users with representation-set history (behaviors before t1): "
+                f"{int(first['n_samples'])} of {int(every.iloc[0]['n_samples'])} "
+                f"({100 * first['share']:.2f}%), {int(first['n_users'])} users. Metrics recomputed from each "
+                f"run's best checkpoint; gAUC over these users only.")
+        side = format_side_by_side({"all": compute_table(every, models=models),
+                                    "w/ history": compute_table(hist, models=models)},
+                                   title=f"{title}: all users | users with history")
+        gaps = ", ".join(f"{m} {reproduction_gap(frame, m):.1e}" for m in ("AUC", "gAUC", "logloss"))
+        text = (format_table(compute_table(hist, models=models), title=f"{title}: users with history",
+                             note=note)
+                + "\n" + side + f"\nRebuild check, max |recomputed (all) − runs.csv| over runs: {gaps}.\n")
+    write_text_atomic(run_dir / "table2_with_history.md", text)
+    return text
 
 
 def reproduction_gap(frame: pd.DataFrame, metric: str = "AUC") -> float:

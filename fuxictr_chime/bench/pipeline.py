@@ -28,7 +28,14 @@ logger = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_ZOO = REPO_ROOT / "model_zoo"
 COMPRESSOR_OF_VARIANT = {"CHIME": "CHIME", "LEARN": "LEARN"}
-COLUMN_OF_VARIANT = {"CHIME": "chime_hist", "LEARN": "learn_emb"}
+COLUMN_OF_VARIANT = {"CHIME": "chime_hist", "LEARN": "learn_emb", "HIST": "hist_ctrl", "STATS": "stats_ctrl"}
+# Non-learned controls (compressor/controls.py): computed into the data view, no training. A control
+# runs the zoo's ``<Model>_CHIME_<dataset>`` experiment with ``model: <Model>_<variant>`` overridden:
+# the hyper-parameters of "X w/ CHIME" with another column, without 2 more YAML blocks per model and
+# dataset that would have to be kept equal to the _CHIME ones by hand. Its checkpoints therefore go
+# to their own model_root (the expid is the _CHIME one): see ``coverage.run_layout``.
+CONTROL_OF_VARIANT = {"HIST": "hist", "STATS": "stats"}  # bench variant -> compress controls --which
+ZOO_VARIANT_OF_CONTROL = "CHIME"
 
 
 @dataclass(frozen=True)
@@ -107,11 +114,50 @@ def ranker_experiment(model: str, variant: str, dataset_id: str, view: str | os.
                       overrides: dict | None = None) -> tuple[Path, str, dict[str, Any]]:
     """``(config folder, experiment id, parameter overrides)`` of ``<model>[_<variant>]_<dataset_id>``
     of the model zoo pointed at ``view`` (the arguments :func:`run_ranker` runs it with)."""
-    expid = f"{model}_{dataset_id}" if variant == "plain" else f"{model}_{variant}_{dataset_id}"
-    config_dir = Path(zoo) / model / "config"
+    config_dir, expid = ranker_expid(model, variant, dataset_id, zoo=zoo)
     if not config_dir.exists():
         raise ConfigError(f"{config_dir}: no model_zoo config for model {model!r}")
-    return config_dir, expid, {**dataset_overrides(view), **(overrides or {})}
+    control = {"model": f"{model}_{variant}"} if variant in CONTROL_OF_VARIANT else {}
+    return config_dir, expid, {**dataset_overrides(view), **(overrides or {}), **control}
+
+
+def ranker_expid(model: str, variant: str, dataset_id: str, *,
+                 zoo: str | os.PathLike = DEFAULT_ZOO) -> tuple[Path, str]:
+    """``(model_zoo/<model>/config, <model>[_<variant>]_<dataset_id>)``; a control (HIST, STATS)
+    names the ``_CHIME`` experiment (:data:`ZOO_VARIANT_OF_CONTROL`)."""
+    variant = ZOO_VARIANT_OF_CONTROL if variant in CONTROL_OF_VARIANT else variant
+    expid = f"{model}_{dataset_id}" if variant == "plain" else f"{model}_{variant}_{dataset_id}"
+    return Path(zoo) / model / "config", expid
+
+
+def check_experiments_exist(config_dir: str | os.PathLike, expids: list[str], what: str) -> None:
+    """ConfigError naming the first of ``expids`` missing from the FuxiCTR-dialect config folder
+    ``config_dir`` (with the closest known ids), before anything is trained."""
+    import difflib
+
+    from ..models.runner import list_experiments
+
+    config_dir = Path(config_dir)
+    if not config_dir.is_dir():
+        raise ConfigError(f"{what}: no config folder {config_dir}")
+    known = list_experiments(config_dir)
+    for expid in expids:
+        if expid not in known:
+            close = difflib.get_close_matches(expid, known, n=3)
+            hint = f" Did you mean {close}?" if close else ""
+            raise ConfigError(f"{what}: experiment '{expid}' not in {config_dir}.{hint} "
+                              f"Known: {known}")
+
+
+def export_control(variant: str, view: str | os.PathLike) -> dict:
+    """Compute the control column of ``variant`` (HIST / STATS) into ``view`` (no training; seconds);
+    skipped when the view has its ``<column>.json`` (written last by the export)."""
+    from ..compressor.controls import export_controls
+
+    marker = Path(view) / f"{COLUMN_OF_VARIANT[variant]}.json"
+    if marker.exists():
+        return json.loads(marker.read_text())
+    return export_controls(view, which=[CONTROL_OF_VARIANT[variant]])[CONTROL_OF_VARIANT[variant]]
 
 
 def run_ranker(model: str, variant: str, dataset_id: str, view: str | os.PathLike, out_dir: str | os.PathLike,
@@ -125,6 +171,18 @@ def run_ranker(model: str, variant: str, dataset_id: str, view: str | os.PathLik
     result = run_experiment(config_dir, expid, gpu=gpu, seed=seed, model_root=Path(out_dir),
                             results_csv=Path(out_dir) / "results.csv", overrides=params)
     return result
+
+
+CONVERGENCE_COLUMNS = ("epochs_run", "best_epoch", "stopped_early", "base_rate", "base_rate_logloss")
+
+
+def convergence_columns(result: dict) -> dict[str, Any]:
+    """The convergence facts of a :func:`run_ranker` result for a ``runs.csv`` row: epochs run,
+    the checkpoint's epoch, whether early stopping ended the run, the train positive rate and
+    its entropy (the logloss of a constant prediction), and the run's learning-curve CSV."""
+    row = {key: result.get(key) for key in CONVERGENCE_COLUMNS}
+    row["curve_csv"] = result.get("curve_csv", "")
+    return row
 
 
 def _jsonable(obj: Any) -> Any:

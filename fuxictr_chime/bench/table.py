@@ -4,7 +4,10 @@ Rows are ``DIN``, ``DIN w/ LEARN``, ``DIN w/ CHIME``, ``SimSoft``, ... ; columns
 LogLoss in percent, averaged over seeds. Within each model's group of rows the best value of
 a column is in bold (highest AUC/gAUC, lowest LogLoss), as in the paper. A ``*`` marks a
 variant whose improvement over the plain model is significant by a one-sided paired t-test
-over seeds (paired by seed) at the 5% level.
+over seeds (paired by seed) at the 5% level. The non-learned controls "X w/ HIST" / "X w/ STATS"
+(``bench table2 --variants ...,HIST,STATS``) are rows of the same group, after the paper's rows,
+bold and ``*`` as any other row. :func:`format_side_by_side` puts two such tables (all users |
+users with history) next to each other, column by column.
 """
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ import pandas as pd
 from ..errors import DataError
 
 METRICS = (("AUC", "AUC", True), ("gAUC", "gAUC", True), ("logloss", "LogLoss", False))
-VARIANT_ORDER = ("plain", "LEARN", "CHIME", "CHIME_sliced")
+VARIANT_ORDER = ("plain", "LEARN", "CHIME", "CHIME_sliced", "HIST", "STATS")
 SLICED = "CHIME_sliced"  # issue 7: w/ CHIME from time-sliced snapshots (``bench table2 --slices N``)
 REQUIRED = ("model", "variant", "seed") + tuple(m for m, _, _ in METRICS)
 
@@ -120,26 +123,51 @@ def compute_table(runs: pd.DataFrame, models: list[str] | None = None) -> dict[t
     return table
 
 
-def format_markdown(table: dict[tuple[str, str], dict[str, Cell]], title: str = "") -> str:
-    """Render :func:`compute_table` output as a markdown table (values in %, 2 decimals)."""
+def format_markdown(table: dict[tuple[str, str], dict[str, Cell]], title: str = "", note: str = "") -> str:
+    """Render :func:`compute_table` output as a markdown table (values in %, 2 decimals); ``note``:
+    a paragraph between the title and the table."""
     lines = []
     if title:
         lines += [f"### {title}", ""]
+    if note:
+        lines += [note, ""]
     header = "| | " + " | ".join(f"{name} ({'↑' if hib else '↓'})" for _, name, hib in METRICS) + " | seeds |"
     lines += [header, "|---" * (len(METRICS) + 2) + "|"]
     for (model, variant), cells in table.items():
-        parts = []
-        for metric, _, _ in METRICS:
-            c = cells[metric]
-            text = f"{c.mean:.2f}"
-            if c.bold:
-                text = f"**{text}**"
-            if c.significant:
-                text += "*"
-            parts.append(text)
+        parts = [_cell_text(cells[metric]) for metric, _, _ in METRICS]
         n = cells[METRICS[0][0]].n
         lines.append(f"| {row_label(model, variant)} | " + " | ".join(parts) + f" | {n} |")
-    lines += ["", "Means over seeds in %. Bold: best of the model's group. "
-              "`*`: improvement over the plain model significant by a one-sided paired t-test "
-              "over seeds at the 5% level."]
+    lines += ["", FOOTNOTE]
     return "\n".join(lines) + "\n"
+
+
+FOOTNOTE = ("Means over seeds in %. Bold: best of the model's group. "
+            "`*`: improvement over the plain model significant by a one-sided paired t-test "
+            "over seeds at the 5% level.")
+
+
+def format_side_by_side(tables: dict[str, dict[tuple[str, str], dict[str, Cell]]], title: str = "",
+                        note: str = "") -> str:
+    """Several :func:`compute_table` outputs (e.g. ``{"all users": ..., "users with history": ...}``)
+    as one markdown table: per metric one column per table, rows as in the first table; bold and
+    ``*`` computed within each table. A row missing from a table shows "—"."""
+    names = list(tables)
+    lines = [f"### {title}", ""] if title else []
+    if note:
+        lines += [note, ""]
+    header = [f"{label} ({'↑' if hib else '↓'}) {name}" for _, label, hib in METRICS for name in names]
+    lines += ["| | " + " | ".join(header) + " | seeds |", "|---" * (len(header) + 2) + "|"]
+    first = tables[names[0]] if names else {}
+    for key, cells in first.items():
+        parts = [_cell_text(tables[name][key][metric]) if key in tables[name] else "—"
+                 for metric, _, _ in METRICS for name in names]
+        lines.append(f"| {row_label(*key)} | " + " | ".join(parts) + f" | {cells[METRICS[0][0]].n} |")
+    lines += ["", FOOTNOTE + " Bold and `*` within each column's user subset."]
+    return "\n".join(lines) + "\n"
+
+
+def _cell_text(c: Cell) -> str:
+    text = f"{c.mean:.2f}"
+    if c.bold:
+        text = f"**{text}**"
+    return text + "*" if c.significant else text

@@ -1,4 +1,5 @@
-"""``fuxictr-chime compress train|export``: argument parsing only (logic in train.py / export.py)."""
+"""``fuxictr-chime compress train|export|controls``: argument parsing only (logic in train.py / export.py /
+controls.py)."""
 from __future__ import annotations
 
 import argparse
@@ -9,7 +10,7 @@ logger = logging.getLogger(__name__)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the ``compress`` command with its ``train`` and ``export`` sub-commands."""
+    """Add the ``compress`` command with its ``train``, ``export`` and ``controls`` sub-commands."""
     parser = subparsers.add_parser("compress", help="train a stage-1 compressor (CHIME, LEARN) or export "
                                                     "its user feature column",
                                    description="Stage 1: train a compressor on a prepared folder's "
@@ -55,6 +56,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     register_export_options(ex)
     ex.set_defaults(func=_export)
 
+    co = sub.add_parser("controls", help="write the non-learned control columns (hist_ctrl, stats_ctrl) "
+                                         "into a prepared folder; no training",
+                        description="Non-learned controls with chime_hist's budget, from the same "
+                                    "representation set (behaviors before t1): hist_ctrl = the 64-bin "
+                                    "frequency histogram of the categories of the user's positive "
+                                    "behaviors (the 63 most frequent categories + 'other' when there "
+                                    "are more than 64; item ids by popularity rank without a "
+                                    "categorical item attribute); stats_ctrl = [positive rate, "
+                                    "log(1 + history length)]. Users without history get zeros. "
+                                    "Written like `compress export`: the column into "
+                                    "user_info.parquet, its spec into dataset_config.yaml, and "
+                                    "<column>.json. Models <Model>_HIST / <Model>_STATS read them.")
+    co.add_argument("--data", required=True, metavar="DIR", help="prepared data folder to write into")
+    co.add_argument("--which", default="hist,stats", metavar="LIST",
+                    help="comma-separated subset of hist,stats (default: both)")
+    co.add_argument("--attribute", metavar="NAME",
+                    help="item_info attribute of the histogram (default: its first categorical column, "
+                         "e.g. cate_id)")
+    co.add_argument("--counts", action="store_true", help="hist_ctrl as raw counts instead of frequencies")
+    co.set_defaults(func=_controls)
+
 
 def _train(args: argparse.Namespace) -> int:
     from .config import load_experiment
@@ -76,6 +98,17 @@ def _train(args: argparse.Namespace) -> int:
         return 0
     print(f"trained {result.compressor} for {result.step} steps; log: {result.log_path}\n"
           f"last checkpoint: {result.last_checkpoint}\nbest checkpoint: {best}")
+    return 0
+
+
+def _controls(args: argparse.Namespace) -> int:
+    from .controls import export_controls
+
+    which = [w.strip() for w in args.which.split(",") if w.strip()]
+    for name, stats in export_controls(args.data, which=which, attribute=args.attribute,
+                                       normalize=not args.counts).items():
+        print(f"wrote {stats['column']} ({stats['width']} floats) for {stats['users']} users "
+              f"({stats['users_with_history']} with history): {stats['definition']}")
     return 0
 
 

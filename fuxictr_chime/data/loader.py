@@ -44,6 +44,7 @@ SEQ_COLUMNS = ("user_index", "item_index", "seq_len")  # needed in every split f
 HISTORY_COLUMN = "full_item_seq"
 TIME_COLUMN = "timestamp"  # sample time, read when a user feature has time slices
 EXPORTED_USER_COLUMNS = ("chime_hist", "learn_emb")
+CONTROL_COLUMNS = ("hist_ctrl", "stats_ctrl")  # non-learned controls (compress controls)
 
 
 def resolve_parquet_path(path: str | os.PathLike | None, what: str) -> str:
@@ -288,8 +289,9 @@ class LongSeqDataLoader:
                                 f"'source: item' in the feature map; not in {self.data_path} "
                                 f"either)")
             elif source == "user" and name not in split_names:
-                hint = (" run `fuxictr-chime compress export` first" if name in
-                        EXPORTED_USER_COLUMNS else "")
+                hint = (" run `fuxictr-chime compress export` first" if name in EXPORTED_USER_COLUMNS
+                        else " run `fuxictr-chime compress controls` first" if name in CONTROL_COLUMNS
+                        else "")
                 raise DataError(f"{self.user_info}: user_info lacks column '{name}' (declared "
                                 f"'source: user' in the feature map; not in {self.data_path} "
                                 f"either);{hint}")

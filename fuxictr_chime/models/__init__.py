@@ -1,7 +1,8 @@
 """Stage 2 of CHIME (utilization): ranking models on FuxiCTR's ``BaseModel``.
 
 ``get_model(name)`` returns the class of ``DIN, SimSoft, ETA, SDIM, TWIN, MIRRN`` or of a
-``<Model>_CHIME`` / ``<Model>_LEARN`` variant (``MODEL_NAMES``), or imports
+``<Model>_CHIME`` / ``<Model>_LEARN`` variant or ``<Model>_HIST`` / ``<Model>_STATS`` control
+(``MODEL_NAMES``), or imports
 ``"module.path:ClassName"``. Importing this package is cheap: FuxiCTR (and Ray behind it)
 is imported on the first call to :func:`get_model` / :func:`register_model`, or on the first
 access to a model class (``models.TWIN``). ``from fuxictr_chime.models import *`` brings
@@ -14,8 +15,9 @@ from __future__ import annotations
 from typing import Any
 
 _BASES = ("DIN", "SimSoft", "ETA", "SDIM", "TWIN", "MIRRN")
-MODEL_NAMES = _BASES + tuple(f"{m}_CHIME" for m in _BASES) + tuple(f"{m}_LEARN" for m in _BASES)
-_ALIASES = ("SIM", "SIM_CHIME", "SIM_LEARN")  # registry.ALIASES: LongCTR's SIM is SimSoft
+_SUFFIXES = ("_CHIME", "_LEARN", "_HIST", "_STATS")  # registry.VARIANTS, in its order
+MODEL_NAMES = _BASES + tuple(f"{m}{s}" for s in _SUFFIXES for m in _BASES)
+_ALIASES = ("SIM", *(f"SIM{s}" for s in _SUFFIXES))  # registry.ALIASES: LongCTR's SIM is SimSoft
 
 
 def get_model(name: str) -> type:

@@ -47,7 +47,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-COMPRESSED_COLUMNS = ("chime_hist", "learn_emb")  # user-level columns of stage 1 (spec 1, 4)
+# user-level columns of stage 1 (spec 1, 4) and the non-learned controls (compressor/controls.py):
+# a model uses only its own one (``compressed_column``), never another that is active in the dataset
+COMPRESSED_COLUMNS = ("chime_hist", "learn_emb", "hist_ctrl", "stats_ctrl")
 EMBEDDED_TYPES = ("categorical", "numeric", "embedding", "sequence")
 ITEM_KEY_PREFERENCE = ("item_id",)  # item feature tried first to map LongCTR batches to rows
 

@@ -1,8 +1,9 @@
 """Model registry: ``get_model(name)`` for the ranking models of the utilization stage.
 
-Eighteen built-in names: the CHIME paper's ``DIN, SimSoft, ETA, SDIM, TWIN`` (Table 2), ``MIRRN`` (LongCTR) and, for
-each, ``<Model>_CHIME`` (+ the ``chime_hist`` column) and ``<Model>_LEARN`` (+ the
-``learn_emb`` column). The variants are real subclasses made by :func:`make_variant`, each
+Thirty built-in names: the CHIME paper's ``DIN, SimSoft, ETA, SDIM, TWIN`` (Table 2), ``MIRRN`` (LongCTR) and, for
+each, ``<Model>_CHIME`` (+ the ``chime_hist`` column), ``<Model>_LEARN`` (+ the
+``learn_emb`` column) and the non-learned controls ``<Model>_HIST`` / ``<Model>_STATS`` (+ the
+``hist_ctrl`` / ``stats_ctrl`` column of :mod:`fuxictr_chime.compressor.controls`). The variants are real subclasses made by :func:`make_variant`, each
 with its own ``__name__``. Plugins add names with :func:`register_model`; a
 ``"module.path:ClassName"`` string imports that class with importlib (never ``eval``), so
 an external FuxiCTR-style model plugs in through the config alone.
@@ -29,7 +30,8 @@ from .simsoft import SimSoft
 from .twin import TWIN
 
 BASE_MODELS = (DIN, SimSoft, ETA, SDIM, TWIN, MIRRN)
-VARIANTS = {"_CHIME": "chime_hist", "_LEARN": "learn_emb"}  # name suffix -> user column
+# name suffix -> user column; _HIST / _STATS: the non-learned controls of compressor/controls.py
+VARIANTS = {"_CHIME": "chime_hist", "_LEARN": "learn_emb", "_HIST": "hist_ctrl", "_STATS": "stats_ctrl"}
 # other names of registered models: LongCTR's SIM (soft search) is SimSoft
 ALIASES = {"SIM" + suffix: "SimSoft" + suffix for suffix in ("", *VARIANTS)}
 
@@ -39,7 +41,9 @@ _REGISTRY: dict[str, type] = {}
 def make_variant(base: type, suffix: str, column: str) -> type:
     """``<base>{suffix}``: ``base`` whose final MLP also gets the user column ``column``."""
     name = base.__name__ + suffix
-    doc = (f"{base.__name__} w/ {suffix.strip('_')} (CHIME paper Table 2): {base.__name__} "
+    kind = ("CHIME paper Table 2" if suffix in ("_CHIME", "_LEARN")
+            else "a non-learned control of `bench table2`")
+    doc = (f"{base.__name__} w/ {suffix.strip('_')} ({kind}): {base.__name__} "
            f"plus the user-level column ``{column}``, embedded by FuxiCTR's "
            f"Linear(pretrain_dim, embedding_dim) and fed to the final MLP. The dataset "
            f"must have the column active (ConfigError otherwise).")

@@ -14,6 +14,16 @@ LongSeqDataLoader)`` with early stopping (FuxiCTR's ``BaseModel.fit`` reloads th
 checkpoint), evaluate valid and test, append a row to the results CSV and write
 ``<model_root>/<dataset_id>/<expid>.json`` next to the checkpoint ``<expid>.model``.
 
+Every run keeps its learning curve (:mod:`~fuxictr_chime.models.curves`, watching ``fit`` from
+outside the model, so plug-in FuxiCTR models get it too): ``<expid>.curve.csv`` (one row per
+validation evaluation: epoch, step, mean train loss, every metric) and ``<expid>.curve.png``,
+and the convergence facts ``epochs_run``, ``best_epoch``, ``stopped_early``, ``base_rate`` and
+``base_rate_logloss`` in the JSON and the CSV row. WARNINGs name the experiment when it did
+not converge (epoch cap reached without early stopping), when the monitored metric never
+improved on the first evaluation, and when the test logloss is worse than predicting the base
+rate. Errors of a run (empty split, NaN/inf predictions or loss with epoch and batch, bad
+data) name the experiment, and no result row is written.
+
 Defaults: ``gpu=-1`` (CPU), seed from the config, ``model_root`` from the config (resolved
 against the model config's folder), results CSV ``<model_root>/results.csv``.
 """
@@ -39,7 +49,7 @@ import numpy as np
 import yaml
 
 from .. import __version__
-from ..errors import ConfigError
+from ..errors import ChimeError, ConfigError, DataError
 from ..io import atomic_path, write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -177,14 +187,19 @@ def check_required_features(model_name: str, feature_map, dataset_id: str,
     """ConfigError naming a needed feature that is not active in the dataset config."""
     for name in required_features(model_name, model_cls):
         if name not in feature_map.features:
+            if name in ("chime_hist", "learn_emb"):
+                where = (f"or use its '<dataset>_{'chime' if name == 'chime_hist' else 'learn'}' "
+                         f"dataset id as dataset_configs/*.yaml define it ")
+                width, command = 64, "compress export"
+            else:  # the non-learned controls of `compress controls` (hist_ctrl, stats_ctrl)
+                where, width, command = "", 2 if name == "stats_ctrl" else 64, "compress controls"
             raise ConfigError(
                 f"model '{model_name}' needs feature '{name}', which is not active in dataset "
                 f"'{dataset_id}': add {{name: {name}, active: true, dtype: list, type: embedding, "
-                f"source: user, pretrain_dim: 64, embedding_dim: 16}} to the dataset config, or "
-                f"use its '<dataset>_{'chime' if name == 'chime_hist' else 'learn'}' dataset id as "
-                f"dataset_configs/*.yaml define it (this runner also takes 'feature_specs: "
-                f"[{{name: {name}, active: true}}]'; FuxiCTR's own workflow does not), and run "
-                f"`fuxictr-chime compress export` so user_info.parquet has the column")
+                f"source: user, pretrain_dim: {width}, embedding_dim: 16}} to the dataset config, "
+                f"{where}(this runner also takes 'feature_specs: [{{name: {name}, active: true}}]'; "
+                f"FuxiCTR's own workflow does not), and run `fuxictr-chime {command}` so "
+                f"user_info.parquet has the column")
 
 
 def apply_use_features(feature_map, use_features: list[str] | None, dataset_id: str) -> None:
@@ -263,7 +278,8 @@ def build_model(params: dict, feature_map):
 # --------------------------------------------------------------------------- metrics
 def evaluate_metrics(y_true: np.ndarray, y_pred: np.ndarray, metrics: list[str],
                      group_id: np.ndarray | None = None) -> OrderedDict:
-    """FuxiCTR's ``evaluate_metrics``, safe on a one-core machine.
+    """FuxiCTR's ``evaluate_metrics``, safe on a one-core machine; NaN/inf predictions are a
+    DataError.
 
     FuxiCTR computes group metrics (gAUC, ...) in ``mp.Pool(cpu_count() // 2)``, which is
     ``Pool(0)`` (ValueError) on one core. There the same per-group functions of
@@ -271,6 +287,10 @@ def evaluate_metrics(y_true: np.ndarray, y_pred: np.ndarray, metrics: list[str],
     """
     from fuxictr import metrics as fm
 
+    bad = ~np.isfinite(np.asarray(y_pred, dtype=np.float64))
+    if bad.any():  # sklearn would fail with "Input contains NaN"
+        raise DataError(f"{int(bad.sum())} of {bad.size} predictions are NaN/inf: the model "
+                        f"diverged or its inputs hold NaN/inf")
     if mp.cpu_count() // 2 >= 1 or not any(m in GROUP_METRICS or m.startswith("NDCG")
                                           for m in metrics):
         return fm.evaluate_metrics(y_true, y_pred, metrics, group_id)
@@ -397,12 +417,17 @@ def versions() -> dict:
             "torch": torch.__version__, "python": sys.version.split()[0], "git_commit": commit}
 
 
-def _result_row(params: dict, valid: dict, test: dict, command: str, seconds: float) -> dict:
+CONVERGENCE_KEYS = ("epochs_run", "best_epoch", "stopped_early", "base_rate", "base_rate_logloss")
+
+
+def _result_row(params: dict, valid: dict, test: dict, command: str, seconds: float,
+                convergence: Mapping[str, Any] | None = None) -> dict:
     row = {"time_utc": _utc_now(),
            "command": command, "expid": params["model_id"], "model": params["model"],
            "dataset_id": params["dataset_id"], "seed": params.get("seed")}
     row.update({f"valid_{k}": float(v) for k, v in valid.items()})
     row.update({f"test_{k}": float(v) for k, v in test.items()})
+    row.update({k: (convergence or {}).get(k) for k in CONVERGENCE_KEYS})
     row.update({"train_eval_seconds": round(seconds, 3), "fuxictr_chime_version": __version__})
     return row
 
@@ -445,7 +470,17 @@ def run_experiment(config_dir: str | os.PathLike, expid: str, *, gpu: int = -1,
 
     Returns:
         ``{"expid", "model", "dataset_id", "seed", "valid": {...}, "test": {...},
-        "checkpoint", "result_json", "results_csv", "seconds"}``.
+        "checkpoint", "result_json", "results_csv", "seconds"}`` plus the convergence facts
+        ``epochs_run``, ``best_epoch`` (the checkpoint's epoch), ``stopped_early`` (FuxiCTR's
+        early stopping fired: ``early_stop_patience`` evaluations without improvement of
+        ``monitor``), ``base_rate`` (train positive rate), ``base_rate_logloss`` (its entropy
+        in nats: the logloss of a constant prediction), ``curve_csv`` / ``curve_png``
+        (``<expid>.curve.csv``: one row per validation evaluation) and ``warnings`` (the
+        WARNING lines logged: did not converge, never improved, worse than the base rate).
+
+    Raises:
+        ChimeError (DataError, ConfigError, ...) naming the experiment: bad config, a split
+        without samples, NaN/inf predictions or loss during training (with epoch and batch).
     """
     command = " ".join(shlex.quote(a) for a in sys.argv)
     params = experiment_params(config_dir, expid, gpu=gpu, seed=seed, model_root=model_root,
@@ -453,23 +488,44 @@ def run_experiment(config_dir: str | os.PathLike, expid: str, *, gpu: int = -1,
     model_dir = os.path.join(params["model_root"], params["dataset_id"])
     with run_log(os.path.join(model_dir, f"{expid}.log")):
         start = time.perf_counter()
-        valid, test, checkpoint = _train_and_evaluate(params)
+        try:
+            outcome = _train_and_evaluate(params)
+        except ChimeError as exc:  # name the experiment in every error of the run
+            named = _naming_experiment(exc, expid)
+            if named is None:
+                raise
+            raise named from exc
         seconds = time.perf_counter() - start
+        warnings = convergence_warnings(expid, params, outcome)
+    valid, test = outcome["valid"], outcome["test"]
+    convergence = {k: outcome[k] for k in CONVERGENCE_KEYS}
     csv_path = str(results_csv) if results_csv else os.path.join(params["model_root"],
                                                                  "results.csv")
-    append_result_row(csv_path, _result_row(params, valid, test, command, seconds))
+    append_result_row(csv_path, _result_row(params, valid, test, command, seconds, convergence))
     log_path = str(result_log) if result_log else os.path.join(
         params["model_root"], Path(os.path.abspath(str(config_dir))).name.replace(".yaml", "") + ".csv")
     append_result_line(log_path, fuxictr_result_line(params, valid, test, command))
     result = {"expid": expid, "model": params["model"], "dataset_id": params["dataset_id"],
-              "seed": params["seed"], "valid": valid, "test": test, "checkpoint": checkpoint,
+              "seed": params["seed"], "valid": valid, "test": test,
+              "checkpoint": outcome["checkpoint"],
               "result_json": os.path.join(model_dir, f"{expid}.json"),
               "results_csv": os.path.abspath(csv_path), "result_log": os.path.abspath(log_path),
-              "seconds": round(seconds, 3)}
+              "seconds": round(seconds, 3), "epochs": outcome["epochs"], **convergence,
+              "curve_csv": outcome["curve_csv"], "curve_png": outcome["curve_png"],
+              "warnings": warnings}
     write_json_atomic(result["result_json"], {**result, "command": command, "time_utc": _utc_now(),
                                               "versions": versions(), "params": _jsonable(params)})
     logger.info("results: %s (row appended to %s)", result["result_json"], csv_path)
     return result
+
+
+def _naming_experiment(exc: ChimeError, expid: str) -> ChimeError | None:
+    """``exc``'s class with the message prefixed by the experiment id (None if the class takes
+    other constructor arguments)."""
+    try:
+        return type(exc)(f"experiment '{expid}': {exc}")
+    except TypeError:
+        return None
 
 
 def experiment_params(config_dir: str | os.PathLike, expid: str, *, gpu: int = -1,
@@ -519,8 +575,11 @@ def make_loaders(feature_map, params: dict, stage: str):
     return RankDataLoader(feature_map, stage=stage, **{**params, "data_loader": LongSeqDataLoader})
 
 
-def _train_and_evaluate(params: dict) -> tuple[dict, dict, str]:
+def _train_and_evaluate(params: dict) -> dict:
+    """Build, fit (watched by :class:`~.curves.TrainingMonitor`), evaluate valid and test.
+    Returns valid, test, checkpoint, epochs, the convergence facts and the curve paths."""
     from ..data.loader import LongSeqDataLoader
+    from .curves import TrainingMonitor, base_rate, binary_entropy, plot_curve, write_curve
 
     logger.info("FuxiCTR-CHIME %s; experiment %s (model %s, dataset %s, seed %s)", __version__,
                 params["model_id"], params["model"], params["dataset_id"], params["seed"])
@@ -528,16 +587,87 @@ def _train_and_evaluate(params: dict) -> tuple[dict, dict, str]:
     model.count_parameters()
     params["data_loader"] = LongSeqDataLoader  # recorded in the result JSON's params
     train_gen, valid_gen = make_loaders(feature_map, params, "train")
-    model.fit(train_gen, validation_data=valid_gen, **params)
+    check_splits(params, train_gen, valid_gen)
+    rate = base_rate(train_gen, feature_map.labels[0])
+    entropy = binary_entropy(rate) if rate is not None else None
+    stem = os.path.join(params["model_root"], params["dataset_id"], params["model_id"])
+    epochs = int(params.get("epochs", 1))
+    with TrainingMonitor(model, curve_csv=f"{stem}.curve.csv") as monitor:
+        model.fit(train_gen, validation_data=valid_gen, **params)
+    facts = monitor.facts()
+    curve_csv = str(write_curve(monitor.rows, f"{stem}.curve.csv"))
+    curve_png = str(plot_curve(monitor.rows, f"{stem}.curve.png", base_rate_logloss=entropy,
+                               title=f"{params['model_id']} (seed {params['seed']}; "
+                                     f"monitor {_monitor_name(params)})"))
+    logger.info("convergence: %d epoch(s) run of %d, best epoch %s, stopped early: %s; "
+                "curve %s", facts["epochs_run"], epochs, facts["best_epoch"],
+                facts["stopped_early"], curve_csv)
     logger.info("****** Validation evaluation ******")
-    valid = dict(model.evaluate(valid_gen)) if valid_gen is not None else {}
+    valid = dict(model.evaluate(valid_gen))
     test: dict = {}
     if params.get("test_data"):
         logger.info("******** Test evaluation ********")
         test_gen = make_loaders(feature_map, params, "test")
+        if test_gen.num_samples == 0:
+            raise DataError(f"{params['test_data']}: the test split has no samples")
         test = dict(model.evaluate(test_gen))
-    return ({k: float(v) for k, v in valid.items()}, {k: float(v) for k, v in test.items()},
-            model.checkpoint)
+    return {"valid": {k: float(v) for k, v in valid.items()},
+            "test": {k: float(v) for k, v in test.items()}, "checkpoint": model.checkpoint,
+            "epochs": epochs, **facts, "base_rate": rate, "base_rate_logloss": entropy,
+            "curve_csv": curve_csv, "curve_png": curve_png}
+
+
+def check_splits(params: dict, train_gen, valid_gen) -> None:
+    """A training or validation split without samples is a DataError naming its file (FuxiCTR
+    would train nothing and then fail to load a checkpoint that was never written); a missing
+    validation split is a ConfigError (early stopping evaluates on it). A training split
+    smaller than one batch trains on one short batch per epoch (WARNING)."""
+    if valid_gen is None:
+        raise ConfigError("no 'valid_data': early stopping needs a validation split")
+    for split, gen in (("train", train_gen), ("valid", valid_gen)):
+        if int(getattr(gen, "num_samples", 1)) == 0:
+            raise DataError(f"{params.get(f'{split}_data')}: the {split} split has no samples")
+    n, batch = int(getattr(train_gen, "num_samples", 0)), int(params.get("batch_size", 1))
+    if 0 < n < batch:
+        logger.warning("experiment '%s': the training split (%s) has %d samples, fewer than one "
+                       "batch (batch_size %d): every epoch is one batch of %d samples",
+                       params["model_id"], params.get("train_data"), n, batch, n)
+
+
+def _monitor_name(params: dict) -> str:
+    """``AUC`` or, for FuxiCTR's weighted monitor ``{AUC: 1, logloss: -1}``, ``AUC - logloss``."""
+    monitor = params.get("monitor", "AUC")
+    if isinstance(monitor, str):
+        return monitor
+    terms = [f"{'-' if float(w) < 0 else '+'} {'' if abs(float(w)) == 1 else f'{abs(float(w)):g} '}{k}"
+             for k, w in dict(monitor).items()]
+    return " ".join(terms).lstrip("+ ")
+
+
+def convergence_warnings(expid: str, params: dict, outcome: Mapping[str, Any]) -> list[str]:
+    """Log (WARNING) and return what makes a result untrustworthy (evaluation notes): the run
+    ended at its epoch cap without early stopping; the monitored metric never improved on the
+    first evaluation; the test (else valid) logloss is above the base-rate logloss."""
+    out = []
+    monitor = _monitor_name(params)
+    if not outcome["stopped_early"]:
+        out.append(f"experiment '{expid}' did not converge: raise epochs (it ran its cap of "
+                   f"{outcome['epochs']} epoch(s) without early stopping; best {monitor} at "
+                   f"epoch {outcome['best_epoch']}, early_stop_patience "
+                   f"{params.get('early_stop_patience', 2)})")
+    if outcome["evaluations"] > 1 and not outcome["improved_after_first"]:
+        out.append(f"experiment '{expid}': validation {monitor} never improved over the first "
+                   f"evaluation in {outcome['evaluations']} evaluations; the checkpoint is the "
+                   f"first one (check learning_rate, the data and the labels)")
+    split, metrics = ("test", outcome["test"]) if outcome["test"] else ("valid", outcome["valid"])
+    entropy = outcome["base_rate_logloss"]
+    if entropy is not None and "logloss" in metrics and metrics["logloss"] > entropy:
+        out.append(f"experiment '{expid}': {split} logloss {metrics['logloss']:.4f} is worse than "
+                   f"predicting the base rate ({entropy:.4f} nats = entropy of the train positive "
+                   f"rate {outcome['base_rate']:.4f})")
+    for line in out:
+        logger.warning(line)
+    return out
 
 
 # --------------------------------------------------------------------------- autotuner

@@ -262,6 +262,49 @@ def test_table2_bad_slices_is_a_config_error(world, tmp_path, capsys, extra, mes
     assert not out.exists()  # rejected before anything was written
 
 
+@pytest.mark.parametrize("extra, message", [
+    (("--models", "DINN"), "Did you mean 'DIN'?"),
+    (("--models", "DIN,FOO"), "unknown model 'FOO'"),
+    (("--models", "DIN_CHIME"), "give the base model (DIN)"),
+    (("--models", "SDIM"), "model SDIM: no config folder"),  # registered, but not in this zoo
+    (("--variants", "plain,CHIMe"), "Did you mean 'CHIME'?"),
+    (("--seeds", "0"), "--seeds must be >= 1"),
+    (("--epochs", "0"), "--epochs must be >= 1"),
+    (("--compressor-steps", "0"), "--compressor-steps must be >= 1"),
+])
+def test_table2_bad_arguments_fail_before_anything_trains(world, tmp_path, capsys, extra, message):
+    """Checked up front: no compressor trains, no folder is created (it used to train the
+    compressors for a minute before the unknown model name stopped the run)."""
+    out = tmp_path / "out"
+    with pytest.MonkeyPatch.context() as mp:
+        _no_training(mp)
+        assert _run(_bench(world, "table2", out, "--models", "DIN", *extra)) == 1
+    err = capsys.readouterr().err
+    assert "fuxictr-chime bench: error:" in err and message in err
+    assert not out.exists()
+
+
+def test_table2_data_folder_without_dataset_config_fails_before_anything_trains(world, tmp_path, capsys):
+    data, out = tmp_path / "not_prepared", tmp_path / "out"
+    data.mkdir()
+    argv = ["bench", "table2", "--data", str(data), "--out", str(out), "--zoo", str(world.zoo), "--no-progress"]
+    with pytest.MonkeyPatch.context() as mp:
+        _no_training(mp)
+        assert _run(argv) == 1
+    assert "dataset_config.yaml: missing" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_table2_runs_csv_has_convergence_columns(table2):
+    runs = pd.read_csv(table2.out / "runs.csv")
+    assert {"epochs_run", "best_epoch", "stopped_early", "base_rate", "base_rate_logloss", "curve_csv"} \
+        <= set(runs.columns)
+    assert (runs["epochs_run"] == 1).all() and (runs["best_epoch"] == 1).all()  # TINY_RANKER: one epoch
+    assert ((runs["base_rate"] > 0) & (runs["base_rate"] < 1)).all()
+    for path in runs["curve_csv"]:
+        assert len(pd.read_csv(path)) == 1
+
+
 # ---------------------------------------------------------------------------- codebooks, tsne
 def test_codebooks_reuses_table2_compressors(world, table2, capsys):
     with pytest.MonkeyPatch.context() as mp:

@@ -3,12 +3,15 @@
 Everything is random and tiny (40 items, 10 users, histories up to 30) and written to a
 temporary folder in the layout of ARCHITECTURE.md section 2: ``item_info.parquet``
 (``item_id``, ``cate_id``, a 6-d ``title_emb``), ``user_info.parquet`` (``full_item_seq``,
-``chime_hist``, ``learn_emb``), ``train/valid/test.parquet`` (with an ``hour`` context
+``chime_hist``, ``learn_emb``, the controls ``hist_ctrl`` (64-d) and ``stats_ctrl`` (2-d)),
+``train/valid/test.parquet`` (with an ``hour`` context
 column). Fixtures:
 
 * ``tiny_dataset``: namespace with ``folder``, ``params`` (FuxiCTR dataset block, paths
-  absolute; ``chime_hist`` / ``learn_emb`` declared inactive) and the item/user arrays;
-* ``make_feature_map(chime=False, learn=False, context=True)``: a FuxiCTR FeatureMap built
+  absolute; ``chime_hist`` / ``learn_emb`` / ``hist_ctrl`` / ``stats_ctrl`` declared inactive)
+  and the item/user arrays;
+* ``make_feature_map(chime=False, learn=False, context=True, hist=False, stats=False)``: a
+  FuxiCTR FeatureMap built
   by ``fuxictr_chime.data.features.build_feature_map``;
 * ``make_batch(feature_map, batch_size=6, length=12, seed=0, lengths=None)``: a batch dict
   as ``LongSeqDataLoader`` yields it (left-padded ``item_seq`` with the target last);
@@ -26,6 +29,7 @@ import pytest
 import torch
 
 N_ITEMS, N_CATES, TITLE_DIM, N_USERS, N_HOURS, USER_DIM = 40, 5, 6, 10, 24, 64
+STATS_DIM = 2  # stats_ctrl: [positive rate, log(1 + history length)]
 MAX_HISTORY = 30
 
 
@@ -51,9 +55,14 @@ def write_tiny_dataset(folder: Path, seed: int = 0) -> types.SimpleNamespace:
     chime = rng.random((N_USERS + 1, USER_DIM)).astype(np.float32)
     learn = rng.standard_normal((N_USERS + 1, USER_DIM)).astype(np.float32)
     chime[0] = learn[0] = 0.0
+    controls = np.random.default_rng(seed + 100)  # own stream: the draws above and below are unchanged
+    hist = controls.random((N_USERS + 1, USER_DIM)).astype(np.float32)
+    stats = controls.random((N_USERS + 1, STATS_DIM)).astype(np.float32)
+    hist[0] = stats[0] = 0.0
     pq.write_table(pa.table({"user_index": np.arange(N_USERS + 1, dtype=np.int64),
                              "full_item_seq": pa.array(seqs, pa.list_(pa.int64())),
-                             "chime_hist": _vectors(chime), "learn_emb": _vectors(learn)}),
+                             "chime_hist": _vectors(chime), "learn_emb": _vectors(learn),
+                             "hist_ctrl": _vectors(hist), "stats_ctrl": _vectors(stats)}),
                    folder / "user_info.parquet")
     for split, n in (("train", 96), ("valid", 32), ("test", 32)):
         users = rng.integers(1, N_USERS + 1, n)
@@ -67,7 +76,8 @@ def write_tiny_dataset(folder: Path, seed: int = 0) -> types.SimpleNamespace:
             "hour": rng.integers(0, N_HOURS, n).astype(np.int64), "label": labels}),
             folder / f"{split}.parquet")
     return types.SimpleNamespace(folder=folder, params=dataset_block(folder), cate=cate,
-                                 title=title, chime=chime, learn=learn, seqs=seqs)
+                                 title=title, chime=chime, learn=learn, hist=hist, stats=stats,
+                                 seqs=seqs)
 
 
 def dataset_block(folder: Path) -> dict:
@@ -92,6 +102,10 @@ def dataset_block(folder: Path) -> dict:
              "source": "user", "pretrain_dim": USER_DIM, "embedding_dim": 4},
             {"name": "learn_emb", "active": False, "dtype": "list", "type": "embedding",
              "source": "user", "pretrain_dim": USER_DIM, "embedding_dim": 4},
+            {"name": "hist_ctrl", "active": False, "dtype": "list", "type": "embedding",
+             "source": "user", "pretrain_dim": USER_DIM, "embedding_dim": 4},
+            {"name": "stats_ctrl", "active": False, "dtype": "list", "type": "embedding",
+             "source": "user", "pretrain_dim": STATS_DIM, "embedding_dim": 4},
         ],
         "label_col": {"name": "label", "dtype": "float"},
     }
@@ -104,12 +118,15 @@ def tiny_dataset(tmp_path_factory) -> types.SimpleNamespace:
 
 @pytest.fixture
 def make_feature_map(tiny_dataset):
-    """``make_feature_map(chime=False, learn=False, context=True)`` -> FuxiCTR FeatureMap."""
+    """``make_feature_map(chime=False, learn=False, context=True, hist=False, stats=False)`` ->
+    FuxiCTR FeatureMap."""
     from fuxictr_chime.data.features import build_feature_map
 
-    def make(chime: bool = False, learn: bool = False, context: bool = True):
+    def make(chime: bool = False, learn: bool = False, context: bool = True, hist: bool = False,
+             stats: bool = False):
         specs = [{"name": "chime_hist", "active": chime}, {"name": "learn_emb", "active": learn},
-                 {"name": "hour", "active": context}]
+                 {"name": "hour", "active": context}, {"name": "hist_ctrl", "active": hist},
+                 {"name": "stats_ctrl", "active": stats}]
         return build_feature_map("tiny", tiny_dataset.params, embedding_dim=4,
                                  feature_specs=specs)
     return make
@@ -143,6 +160,8 @@ def make_batch(tiny_dataset):
                  "hour": torch.randint(0, N_HOURS, (batch_size,), generator=gen),
                  "chime_hist": torch.from_numpy(tiny_dataset.chime)[users],
                  "learn_emb": torch.from_numpy(tiny_dataset.learn)[users],
+                 "hist_ctrl": torch.from_numpy(tiny_dataset.hist)[users],
+                 "stats_ctrl": torch.from_numpy(tiny_dataset.stats)[users],
                  "item_seq": items, "seq_mask": mask}
         keep = set(feature_map.features) | set(feature_map.labels)
         return {k: v for k, v in batch.items() if k in keep}

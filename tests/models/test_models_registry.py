@@ -1,4 +1,4 @@
-"""Model registry: 18 built-in names, variants as real subclasses, plugins, helpful errors."""
+"""Model registry: 30 built-in names, variants as real subclasses, plugins, helpful errors."""
 from __future__ import annotations
 
 import subprocess
@@ -12,8 +12,8 @@ from fuxictr_chime.models import MODEL_NAMES, get_model, register_model
 
 def test_builtin_names_in_order():
     bases = ["DIN", "SimSoft", "ETA", "SDIM", "TWIN", "MIRRN"]
-    assert list(MODEL_NAMES) == bases + [f"{b}_CHIME" for b in bases] + \
-        [f"{b}_LEARN" for b in bases]
+    assert list(MODEL_NAMES) == bases + [f"{b}{s}" for s in ("_CHIME", "_LEARN", "_HIST", "_STATS")
+                                         for b in bases]
     from fuxictr_chime.models import registry
 
     assert registry.MODEL_NAMES == MODEL_NAMES
@@ -28,7 +28,8 @@ def test_each_name_is_its_own_class(name):
     base, _, suffix = name.partition("_")
     if suffix:
         assert cls.__mro__[1] is get_model(base)
-        assert cls.compressed_column == {"CHIME": "chime_hist", "LEARN": "learn_emb"}[suffix]
+        assert cls.compressed_column == {"CHIME": "chime_hist", "LEARN": "learn_emb",
+                                         "HIST": "hist_ctrl", "STATS": "stats_ctrl"}[suffix]
         assert cls.__doc__ and cls.__doc__.startswith(f"{base} w/ {suffix}")
     else:
         assert cls.compressed_column is None
@@ -72,6 +73,6 @@ def test_register_model_for_plugins():
 
 def test_importing_the_package_does_not_import_fuxictr():
     code = ("import sys, fuxictr_chime.models as m; "
-            "assert len(m.MODEL_NAMES) == 18; "
+            "assert len(m.MODEL_NAMES) == 30; "
             "assert 'fuxictr.pytorch' not in sys.modules and 'torch' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,11 +1,11 @@
-"""The 15 registered ranking models on a tiny feature map: shapes, fit, and the maths.
+"""The 30 registered ranking models on a tiny feature map: shapes, fit, and the maths.
 
 Parametrized over the registry: construction, forward shapes, a one-epoch fit through
 FuxiCTR's ``BaseModel.fit`` on ``LongSeqDataLoader`` batches, invariance to masked left
 padding, finite predictions for empty histories. Model-specific: SimSoft/TWIN with
 top-k >= history length equal full target attention, and their GSU selections equal a
 brute-force reference; TWIN's GSU copies; ETA/SDIM determinism; the compressed column of
-``_CHIME`` / ``_LEARN`` variants; gradient accumulation; bad input.
+``_CHIME`` / ``_LEARN`` variants and the ``_HIST`` / ``_STATS`` controls; gradient accumulation; bad input.
 """
 from __future__ import annotations
 
@@ -19,11 +19,13 @@ from fuxictr_chime.models.retrieval import (hamming_distance_reference, target_a
 
 from .conftest import left_pad
 
-COLUMN = {"_CHIME": "chime_hist", "_LEARN": "learn_emb"}
+COLUMN = {"_CHIME": "chime_hist", "_LEARN": "learn_emb", "_HIST": "hist_ctrl", "_STATS": "stats_ctrl"}
+WIDTH = {"chime_hist": 64, "learn_emb": 64, "hist_ctrl": 64, "stats_ctrl": 2}
 
 
 def build(name, make_feature_map, model_kwargs, seed=0, **overrides):
-    feature_map = make_feature_map(chime=name.endswith("_CHIME"), learn=name.endswith("_LEARN"))
+    feature_map = make_feature_map(chime=name.endswith("_CHIME"), learn=name.endswith("_LEARN"),
+                                   hist=name.endswith("_HIST"), stats=name.endswith("_STATS"))
     torch.manual_seed(seed)
     return get_model(name)(feature_map, **{**model_kwargs, **overrides}), feature_map
 
@@ -233,7 +235,7 @@ def test_hashing_models_are_deterministic(name, make_feature_map, make_batch, mo
 
 # --------------------------------------------------------------------------- compressed columns
 @pytest.mark.parametrize("name", ["DIN", "SimSoft", "ETA", "SDIM", "TWIN"])
-@pytest.mark.parametrize("suffix", ["_CHIME", "_LEARN"])
+@pytest.mark.parametrize("suffix", ["_CHIME", "_LEARN", "_HIST", "_STATS"])
 def test_variant_uses_its_column_and_plain_model_ignores_it(name, suffix, make_feature_map,
                                                             make_batch, model_kwargs):
     column = COLUMN[suffix]
@@ -248,7 +250,7 @@ def test_variant_uses_its_column_and_plain_model_ignores_it(name, suffix, make_f
         assert (not torch.allclose(a, b, atol=1e-6)) is should_change, type(model).__name__
     assert column in variant.context_features and column not in plain.context_features
     weight = f"embedding_layer.embedding_layer.feature_encoders.{column}.weight"
-    assert variant.state_dict()[weight].shape == (4, 64)  # FuxiCTR's Linear(pretrain_dim, 4)
+    assert variant.state_dict()[weight].shape == (4, WIDTH[column])  # FuxiCTR's Linear(pretrain_dim, 4)
 
 
 @pytest.mark.parametrize("name", ["DIN_CHIME", "TWIN_LEARN"])

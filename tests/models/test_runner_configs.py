@@ -49,6 +49,8 @@ def test_every_zoo_model_has_all_experiments():
     for model in ZOO_MODELS:
         ids = set(runner.list_experiments(REPO / "model_zoo" / model / "config"))
         expected = {f"{model}{v}_{d}" for v in ("", "_CHIME", "_LEARN") for d in DATASETS}
+        if model == "DIN":  # LongCTR's DIN: short_len = max_len (test_din_full_is_din_over_max_len)
+            expected |= {f"DIN_full{v}_{d}" for v in ("", "_CHIME", "_LEARN") for d in DATASETS}
         assert ids == expected, model
         assert (REPO / "model_zoo" / model / "config" / "dataset_config").resolve() == \
             (REPO / "dataset_configs").resolve()
@@ -72,7 +74,7 @@ def test_fuxictr_load_config_and_registry(config_dir, expid):
         assert (name in active_cols) == (suffix in expid), (expid, params["dataset_id"], active_cols)
         assert not any(spec.get("name") == name for spec in params.get("feature_specs") or [])
     if config_dir.parent.name in ZOO_MODELS:
-        assert ours["model"] == expid.rsplit("_", 1)[0]
+        assert ours["model"] == expid.rsplit("_", 1)[0].replace("DIN_full", "DIN")
         assert model_cls.__name__ == ours["model"]
     unknown = set(params) - RUN_KEYS - _init_parameters(model_cls) - \
         _dataset_keys(config_dir, params["dataset_id"])
@@ -93,6 +95,34 @@ def test_paper_settings(model):
             assert (params["num_hashes"], params["hash_bits"]) == (48, 3)
         if model == "TWIN":
             assert params["sync_every"] == 100
+
+
+@pytest.mark.parametrize("model", ZOO_MODELS)
+def test_movielens_settings_let_early_stopping_end_the_run(model):
+    """MovieLens-100K (27k train samples): small batches, an epoch cap early stopping reaches
+    long before (4-6 epochs measured), patience 2-3; the variants share the plain settings."""
+    config_dir = REPO / "model_zoo" / model / "config"
+    plain = runner.load_experiment(config_dir, f"{model}_movielens")
+    assert plain["batch_size"] <= 512 and plain["epochs"] >= 20
+    assert 2 <= plain["early_stop_patience"] <= 3 and "AUC" in str(plain["monitor"])
+    for variant in ("_CHIME", "_LEARN"):
+        params = runner.load_experiment(config_dir, f"{model}{variant}_movielens")
+        assert {k: params[k] for k in ("batch_size", "epochs", "early_stop_patience", "monitor",
+                                       "learning_rate")} == \
+            {k: plain[k] for k in ("batch_size", "epochs", "early_stop_patience", "monitor",
+                                   "learning_rate")}
+
+
+@pytest.mark.parametrize("dataset", DATASETS)
+@pytest.mark.parametrize("variant", ["", "_CHIME", "_LEARN"])
+def test_din_full_is_din_over_max_len(dataset, variant):
+    """DIN_full[_CHIME|_LEARN]_<dataset> = DIN[...]_<dataset> with short_len = max_len (LongCTR's
+    DIN attends over the whole sequence); nothing else differs."""
+    config_dir = REPO / "model_zoo" / "DIN" / "config"
+    full = runner.load_experiment(config_dir, f"DIN_full{variant}_{dataset}")
+    din = runner.load_experiment(config_dir, f"DIN{variant}_{dataset}")
+    assert full["short_len"] == full["max_len"] == din["max_len"] and din["short_len"] < din["max_len"]
+    assert {k for k in set(full) | set(din) if full.get(k) != din.get(k)} == {"short_len", "model_id"}
 
 
 def _init_parameters(cls: type) -> set[str]:
