@@ -444,6 +444,15 @@ def _permute_within(values: np.ndarray, groups: np.ndarray, rng: np.random.Gener
 
 
 # ============================================================================ coverage
+def _nonzero_list_rows(column) -> np.ndarray:
+    """(N,) bool: which rows of a list<float> column hold a non-zero value (null/empty: False)."""
+    import pyarrow.compute as pc
+
+    lengths = pc.list_value_length(column).fill_null(0).to_numpy().astype(np.int64)  # (N,)
+    flat = pc.list_flatten(column).fill_null(0).to_numpy(zero_copy_only=False)  # (sum lengths,)
+    rows = np.repeat(np.arange(lengths.size), lengths)  # row of every flat value
+    return np.bincount(rows[flat != 0], minlength=lengths.size) > 0
+
 def coverage(data_dir: str | os.PathLike, features: np.ndarray | None = None, *, column: str | None = None,
              splits: Sequence[str] = ("train", "valid", "test")) -> dict:
     """Per ranking split: ``{"rows", "covered", "share"}`` where covered = rows whose user has a
@@ -455,7 +464,7 @@ def coverage(data_dir: str | os.PathLike, features: np.ndarray | None = None, *,
             raise DataError("coverage: give the feature matrix or the exported column name")
         table = pq.read_table(data_dir / "user_info.parquet", columns=["user_index", column])
         index = table.column("user_index").to_numpy()
-        nonzero_rows = np.array([bool(v) and any(x != 0 for x in v) for v in table.column(column).to_pylist()])
+        nonzero_rows = _nonzero_list_rows(table.column(column))
         nonzero = np.zeros(int(index.max(initial=0)) + 1, dtype=bool)
         nonzero[index] = nonzero_rows
     else:
