@@ -164,7 +164,15 @@ class AdaptationConfig(_Section):
 class CompressionConfig(_Section):
     """ICM (paper 4.4, spec 3.3). ``enabled = False`` is the w/o ICM ablation (GLU to
     ``codebook_dim`` + average pooling). Defaults: D 64, codebooks (32, 16, 16), EMA decay 0.99,
-    rotation trick, commitment weight 0.25, k-means init, dead-code threshold 1.0."""
+    rotation trick, commitment weight 0.25, k-means init, dead-code threshold 1.0.
+
+    ``warmup_steps`` (default 0 = the paper): for the first N optimizer steps the user GLU reads
+    the projected vector b_t itself (no codes, no EMA update, no commitment term); the codebooks
+    are then k-means-initialized on the warmed-up b_t. Eval and export always quantize (during the
+    warm-up with the still random codebooks, so those eval rows are not comparable and the best
+    checkpoint comes after it). A diagnostic switch: on the planted log
+    the user vector still collapses within 50 steps of switching the quantizer on
+    (docs/ARCHITECTURE.md section 5.2)."""
 
     section: typing.ClassVar[str] = "compression"
     enabled: bool = True
@@ -175,8 +183,10 @@ class CompressionConfig(_Section):
     commitment_weight: float = 0.25
     kmeans_init: bool = True
     dead_code_threshold: float = 1.0
+    warmup_steps: int = 0
 
     def __post_init__(self) -> None:
+        self._require(self.warmup_steps >= 0, "warmup_steps", "must be >= 0")
         self._require(self.codebook_dim > 0, "codebook_dim", "must be positive")
         self._require(bool(self.codebook_sizes) and all(k > 1 for k in self.codebook_sizes),
                       "codebook_sizes", "must be a non-empty list of sizes > 1")

@@ -72,7 +72,14 @@ class CHIMECompressor(nn.Module):
             self.quantizer = None
             self.user_glu = GLU(hidden, width)
         self.item_glu = GLU(self.adaptation.item_input_dim, width)
+        # training forwards seen (a buffer: it travels with checkpoints); drives compression.warmup_steps
+        self.register_buffer("forwards_seen", torch.zeros((), dtype=torch.long))
         self.bias = nn.Parameter(torch.zeros(()))  # immediate-loss bias b, starts at 0
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # checkpoints written before compression.warmup_steps existed have no counter: 0 forwards
+        state_dict.setdefault(prefix + "forwards_seen", torch.zeros((), dtype=torch.long))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @classmethod
     def from_config(cls, config: Any, vocab_sizes: Mapping[str, int],
@@ -115,15 +122,24 @@ class CHIMECompressor(nn.Module):
             z = self.user_glu(hidden.float())  # (B, T, D)
             return z, hidden.new_zeros((), dtype=torch.float32), None
         b = self.projection(hidden.float())  # (B, T, D)
+        if self.training and self._in_quantizer_warmup():  # b itself, no codes, no EMA, no commitment
+            return self.user_glu(b), b.new_zeros(()), None
         out = self.quantizer(b, mask)
         z = self.user_glu(out.quantized)  # (B, T, D)
         return z, out.commit_loss, out.codes
+
+    def _in_quantizer_warmup(self) -> bool:
+        """``compression.warmup_steps`` optimizer steps (x grad_accum_steps forwards) bypass the RVQ."""
+        comp = self.config.compression
+        return int(self.forwards_seen) <= comp.warmup_steps * max(1, int(self.config.optim.grad_accum_steps))
 
     # ------------------------------------------------------------------ training
     def forward(self, batch: Mapping[str, Any]) -> dict[str, Any]:
         """Named losses: ``"loss"`` (tensor to backpropagate) and ``"holistic"``, ``"immediate"``,
         ``"commit"`` (Python floats, 0.0 when switched off)."""
         loss_cfg, comp = self.config.loss, self.config.compression
+        if self.training:
+            self.forwards_seen += 1
         hidden, e_item, mask = self._represent(batch)
         z, commit, _ = self._compress(hidden, mask)
         p = self.item_glu(e_item.float())  # (B, T, D)

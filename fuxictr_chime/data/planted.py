@@ -85,8 +85,8 @@ class PlantedKnobs:
     Attributes:
         n_users: users (default 1000).
         n_items: items (default 4000), at least ``n_topics``.
-        n_topics: topics = item categories ``cate_id`` (default 150).
-        n_favourites: long-term favourite topics per user (default 8), < ``n_topics``.
+        n_topics: topics = item categories ``cate_id`` (default 50).
+        n_favourites: long-term favourite topics per user (default 3), < ``n_topics``.
         favourite_concentration: Dirichlet concentration of the favourite weights (default 5.0;
             large = equal weights).
         long_affinity: mean logit bonus of a favourite topic (default 4.0).
@@ -95,7 +95,7 @@ class PlantedKnobs:
         session_len: mean exposures per session (default 10.0, >= 1).
         p_favourite_session: probability that a session's topic is a favourite (default 0.05).
         p_session_item: probability that an exposure shows the session topic (default 0.5).
-        p_favourite_item: probability that an exposure shows a favourite topic (default 0.12).
+        p_favourite_item: probability that an exposure shows a favourite topic (default 0.2).
         session_affinity: logit bonus of the session topic (default 3.5).
         base_ctr: click probability of a quality-0 item outside the user's favourites and
             session (default 0.03).
@@ -108,8 +108,8 @@ class PlantedKnobs:
 
     n_users: int = 1000
     n_items: int = 4000
-    n_topics: int = 150
-    n_favourites: int = 8
+    n_topics: int = 50
+    n_favourites: int = 3
     favourite_concentration: float = 5.0
     long_affinity: float = 4.0
     events_per_user: int = 1200
@@ -117,7 +117,7 @@ class PlantedKnobs:
     session_len: float = 10.0
     p_favourite_session: float = 0.05
     p_session_item: float = 0.5
-    p_favourite_item: float = 0.12
+    p_favourite_item: float = 0.2
     session_affinity: float = 3.5
     base_ctr: float = 0.03
     quality_std: float = 0.3

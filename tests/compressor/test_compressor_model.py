@@ -199,3 +199,42 @@ def test_registry_returns_chime_and_rejects_unknown_names():
     assert "CHIME" in list_compressors()
     with pytest.raises(ConfigError, match="did you mean 'CHIME'"):
         get_compressor("CHIMe")
+
+
+def test_quantizer_warmup_bypasses_the_rvq_for_its_steps_then_quantizes(tmp_path):
+    """compression.warmup_steps = K: the first K optimizer steps (K * grad_accum_steps training
+    forwards) feed b_t itself to the user GLU (no codes, no EMA, no commitment); the next
+    forward initializes the codebooks and quantizes as the paper does."""
+    model, _, batch = _setup(tmp_path, {"compression": {"warmup_steps": 2}, "optim": {"grad_accum_steps": 2}})
+    model.train()
+    books = [model.quantizer.codebook(m).clone() for m in range(model.quantizer.num_layers)]
+    for _ in range(4):  # 2 steps x 2 micro-batches
+        out = model(batch)
+        assert out["commit"] == 0.0
+        assert not bool(model.quantizer.initialized)
+        with torch.no_grad():  # _compress does not count forwards: z is the GLU of b_t itself
+            hidden, _, mask = model._represent(batch)
+            z, commit, codes = model._compress(hidden, mask)
+            torch.testing.assert_close(z, model.user_glu(model.projection(hidden)))
+        assert codes is None and float(commit) == 0.0
+    for m, book in enumerate(books):
+        torch.testing.assert_close(model.quantizer.codebook(m), book)  # EMA untouched
+    out = model(batch)  # forward 5: quantized
+    assert bool(model.quantizer.initialized) and out["commit"] > 0.0
+    model.eval()
+    assert int(model.forwards_seen) == 5
+    before = model(batch)["holistic"]
+    assert int(model.forwards_seen) == 5  # eval forwards do not count
+    state = model.state_dict()
+    assert int(state["forwards_seen"]) == 5  # travels with checkpoints, so a resumed run goes on
+    del state["forwards_seen"]  # a checkpoint from before the switch loads as 0 forwards
+    model.load_state_dict(state)
+    assert int(model.forwards_seen) == 0 and model(batch)["holistic"] == pytest.approx(before)
+
+
+def test_zero_quantizer_warmup_is_the_paper(tmp_path):
+    model, _, batch = _setup(tmp_path)
+    assert model.config.compression.warmup_steps == 0
+    model.train()
+    out = model(batch)  # the first training forward already quantizes
+    assert bool(model.quantizer.initialized) and out["commit"] > 0.0

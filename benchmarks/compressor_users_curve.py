@@ -1,0 +1,201 @@
+"""How much data does the compressor want? Eval holistic loss against the number of users.
+
+For each size N, ``fuxictr-chime prepare synthetic --option n_users=N`` writes a planted log with
+the default per-user knobs (so only the number of users changes), then
+
+* ``fuxictr-chime compress train --config model_zoo/CHIME/config --expid CHIME_synthetic --data D
+  --max-steps S`` trains the shipped CHIME experiment; its best eval holistic loss is read from
+  ``log.csv`` beside the reference scorers of the same eval users and batches (uniform,
+  popularity, user-category co-occurrence, the planted oracle: :mod:`fuxictr_chime.compressor.
+  diagnostics`), with the effective rank and mean cosine of z at that step;
+* a **transparent probe** is trained on the same training users, batches and loss: the structure
+  of the co-occurrence scorer with learned parameters, z_t = normalize(A mean_{s<=t, y_s=+1}
+  E[c_s] + u), p = normalize(F[c]) over the item's category c only (about 20k parameters, no item
+  ids, no backbone, no quantizer). It separates "CHIME cannot learn this" from "this much data
+  does not teach even the right structure": where the probe does not beat the uniform scorer,
+  the data are too few for any learned compressor at that budget.
+
+One CSV row per size goes to ``<out>/compressor_users_curve.csv`` (with the command line), the
+table to ``<out>/compressor_users_curve.md``; runs go to ``<out>/runs/`` (not committed) and logs
+to ``<data-root>/u<N>``.
+
+    .venv/bin/python benchmarks/compressor_users_curve.py --sizes 1000 3000 10000
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import shlex
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+FIELDS = ["time_utc", "command", "knobs", "n_users", "train_users", "eval_users", "max_steps", "best_step",
+          "chime_best", "chime_last", "probe_best", "uniform", "popularity", "cooccurrence", "oracle",
+          "chime_gap_closed", "probe_gap_closed", "eff_rank_at_best", "mean_cosine_at_best", "seconds"]
+
+
+def prepare(n_users: int, options: list[str], data_root: Path) -> Path:
+    folder = data_root / "_".join([f"u{n_users}", *(o.replace("=", "") for o in options)])
+    if not (folder / "summary.json").exists():
+        knobs = [arg for option in [f"n_users={n_users}", *options] for arg in ("--option", option)]
+        subprocess.check_call([sys.executable, "-m", "fuxictr_chime.cli", "prepare", "synthetic", "--out",
+                               str(folder), *knobs], cwd=ROOT)
+    return folder
+
+
+def train_chime(folder: Path, run_dir: Path, args: argparse.Namespace) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    command = [sys.executable, "-m", "fuxictr_chime.cli", "compress", "train", "--config",
+               str(ROOT / "model_zoo/CHIME/config"), "--expid", args.expid, "--data", str(folder),
+               "--output", str(run_dir), "--max-steps", str(args.max_steps), "--no-progress"]
+    with open(run_dir.with_suffix(".log"), "w") as log:
+        subprocess.check_call(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+
+
+def read_log(run_dir: Path) -> dict:
+    with (run_dir / "log.csv").open(newline="") as f:
+        evals = [row for row in csv.DictReader(f) if row["split"] == "eval"]
+    best = min(evals, key=lambda row: float(row["holistic"]))
+    return {"best": best, "last": evals[-1]}
+
+
+def train_probe(folder: Path, args: argparse.Namespace) -> tuple[float, int, int]:
+    """The transparent probe (module docstring); returns (best eval holistic, #train, #eval users)."""
+    import torch
+    import torch.nn.functional as F
+
+    from fuxictr_chime.compressor.config import load_experiment
+    from fuxictr_chime.compressor.data import RepresentationData
+    from fuxictr_chime.compressor.losses import holistic_loss
+    from fuxictr_chime.compressor.train import _split_users
+
+    torch.set_num_threads(args.threads)
+    config, _ = load_experiment(ROOT / "model_zoo/CHIME/config", args.expid)
+    optim, tau = config.optim, config.loss.tau_holistic
+    data = RepresentationData(folder, max_len=optim.max_len)
+    train_ids, eval_ids = _split_users(data, optim)  # CHIME's own split
+    torch.manual_seed(optim.seed)
+    n_cat, width = data.vocab_sizes()["cate_id"], 64
+    user_emb, item_emb = torch.nn.Embedding(n_cat, width), torch.nn.Embedding(n_cat, width)
+    for table in (user_emb, item_emb):
+        torch.nn.init.normal_(table.weight, std=0.1)
+    mix, offset = torch.nn.Linear(width, width), torch.nn.Parameter(0.1 * torch.randn(width))
+    params = [*user_emb.parameters(), *item_emb.parameters(), *mix.parameters(), offset]
+    optimizer = torch.optim.Adam(params, lr=args.probe_lr)
+
+    def states(batch):
+        cate, labels = batch["attrs"]["cate_id"], batch["labels"]  # (B, T)
+        positive = (labels == 1).float().unsqueeze(-1)  # (B, T, 1)
+        mean = (user_emb(cate) * positive).cumsum(1) / positive.cumsum(1).clamp_min(1)  # (B, T, W)
+        return F.normalize(mix(mean) + offset, dim=-1), F.normalize(item_emb(cate), dim=-1)
+
+    @torch.no_grad()
+    def evaluate() -> float:
+        total = weight = 0.0
+        for batch in data.batches(eval_ids, optim.batch_size, shuffle=False, seed=optim.seed, bucket=True):
+            z, p = states(batch)
+            n = float(batch["mask"].sum())
+            total += n * float(holistic_loss(z, p, batch["labels"], tau=tau, chunk_size=256))
+            weight += n
+        return total / weight
+
+    best, step, epoch = evaluate(), 0, 0
+    while step < args.probe_steps:
+        for batch in data.batches(train_ids, 2 * optim.batch_size, shuffle=True, seed=epoch, bucket=True):
+            z, p = states(batch)
+            loss = holistic_loss(z, p, batch["labels"], tau=tau, chunk_size=256)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            step += 1
+            if step % 50 == 0:
+                best = min(best, evaluate())
+            if step >= args.probe_steps:
+                break
+        epoch += 1
+    return best, len(train_ids), len(eval_ids)
+
+
+def gap(loss: float, popularity: float, oracle: float) -> float:
+    """Share of the popularity-to-oracle gap closed by ``loss`` (eval holistic, lower is better)."""
+    return (popularity - loss) / (popularity - oracle)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", nargs="+", type=int, default=[1000, 3000, 10000])
+    parser.add_argument("--expid", default="CHIME_synthetic")
+    parser.add_argument("--max-steps", type=int, default=600)
+    parser.add_argument("--probe-steps", type=int, default=600)
+    parser.add_argument("--probe-lr", type=float, default=3e-3)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--option", action="append", default=[], metavar="KNOB=VALUE",
+                        help="a `prepare synthetic` knob for every size (repeatable; default: the defaults)")
+    parser.add_argument("--data-root", type=Path, default=ROOT / "data/synthetic_users")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/compressor_users_curve")
+    args = parser.parse_args(argv)
+    if any(n < 100 for n in args.sizes):
+        parser.error("--sizes: at least 100 users each (50 are held out for eval)")
+    (args.out / "runs").mkdir(parents=True, exist_ok=True)
+    csv_path = args.out / "compressor_users_curve.csv"
+    command = shlex.join(["python", "benchmarks/compressor_users_curve.py", *(argv or sys.argv[1:])])
+    for n in args.sizes:
+        started = time.perf_counter()
+        folder = prepare(n, args.option, args.data_root)
+        run_dir = args.out / "runs" / folder.name
+        train_chime(folder, run_dir, args)
+        log = read_log(run_dir)
+        probe, n_train, n_eval = train_probe(folder, args)
+        best = log["best"]
+        refs = {name: float(best[f"ref_{name}"]) for name in ("uniform", "popularity", "cooccurrence", "oracle")}
+        row = {"time_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "command": command,
+               "knobs": " ".join(args.option) or "defaults", "n_users": n, "train_users": n_train, "eval_users": n_eval, "max_steps": args.max_steps,
+               "best_step": best["step"], "chime_best": float(best["holistic"]),
+               "chime_last": float(log["last"]["holistic"]), "probe_best": probe, **refs,
+               "chime_gap_closed": gap(float(best["holistic"]), refs["popularity"], refs["oracle"]),
+               "probe_gap_closed": gap(probe, refs["popularity"], refs["oracle"]),
+               "eff_rank_at_best": float(best["eff_rank"]), "mean_cosine_at_best": float(best["mean_cosine"]),
+               "seconds": round(time.perf_counter() - started, 1)}
+        new = not csv_path.exists()
+        with csv_path.open("a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=FIELDS)
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+        print(", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
+                        if k != "command"), flush=True)
+    write_table(csv_path, args.out / "compressor_users_curve.md")
+
+
+def write_table(csv_path: Path, md_path: Path) -> None:
+    with csv_path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    lines = ["Eval holistic loss (lower is better) on 50 held-out users of `prepare synthetic --option "
+             "n_users=N` (default per-user knobs), same eval batches for every scorer. Gap = share of the "
+             "popularity-to-oracle gap closed.", "",
+             "| knobs | users | CHIME best (step) | CHIME gap | probe best | probe gap | uniform | popularity | "
+             "co-occurrence | oracle | eff. rank / mean cos of z at best |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        f = {k: float(r[k]) for k in ("chime_best", "probe_best", "uniform", "popularity", "cooccurrence",
+                                      "oracle", "chime_gap_closed", "probe_gap_closed", "eff_rank_at_best",
+                                      "mean_cosine_at_best")}
+        lines.append(f"| {r['knobs']} | {r['n_users']} | {f['chime_best']:.3f} ({r['best_step']}) | {f['chime_gap_closed']:.0%} | "
+                     f"{f['probe_best']:.3f} | {f['probe_gap_closed']:.0%} | {f['uniform']:.3f} | "
+                     f"{f['popularity']:.3f} | {f['cooccurrence']:.3f} | {f['oracle']:.3f} | "
+                     f"{f['eff_rank_at_best']:.2f} / {f['mean_cosine_at_best']:.3f} |")
+    lines += ["", "Commands: " + "; ".join(sorted({f"`{r['command']}`" for r in rows}))]
+    tmp = md_path.with_suffix(".md.tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    tmp.replace(md_path)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,144 @@
+"""Plain ranking models on the planted-interest log against its oracle (issue 12 acceptance).
+
+For each model and seed, ``fuxictr-chime run --config model_zoo/<M>/config --expid
+<expid>_synthetic --seed S`` trains to early stopping on the prepared folder (default
+``data/synthetic`` from ``fuxictr-chime prepare synthetic --out data/synthetic``). Every run's row
+goes to ``<out>/runs.csv`` (the runner's result CSV: test AUC, logloss, epochs run, best epoch,
+stopped early, base-rate logloss); finished (expid, seed) pairs are skipped, so a rerun resumes.
+Then ``<out>/synthetic_rankers.md`` gives, per experiment, the mean and standard deviation of the
+test AUC over seeds and the share of the gap between 0.5 and the oracle's test AUC that it closes
+(``summary.json``), beside the references of the same file (popularity, count, partial oracles).
+
+The default grid is the acceptance of issue 12: SimSoft, ETA, SDIM and TWIN (each must close at
+least half of the gap, mean of 3 seeds) and DIN over the last 30 behaviours next to DIN over the
+whole sequence (``DIN_full``).
+
+    .venv/bin/python benchmarks/synthetic_rankers.py --out benchmarks/results/synthetic_rankers
+    .venv/bin/python benchmarks/synthetic_rankers.py --experiments TWIN DIN_full --seeds 1 --table-only
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_EXPERIMENTS = ("SimSoft", "ETA", "SDIM", "TWIN", "DIN", "DIN_full")
+DEFAULT_SEEDS = (2024, 2025, 2026)
+
+
+def model_of(experiment: str) -> str:
+    """Zoo folder of an experiment prefix: DIN_full lives in model_zoo/DIN."""
+    return experiment.split("_")[0]
+
+
+def finished(runs_csv: Path) -> set[tuple[str, int]]:
+    if not runs_csv.exists():
+        return set()
+    with runs_csv.open(newline="") as f:
+        return {(row["expid"], int(row["seed"])) for row in csv.DictReader(f)}
+
+
+def run_grid(args: argparse.Namespace, out: Path) -> None:
+    """Run every missing (experiment, seed). A run is claimed by creating its log file, so several
+    instances of this script can share one grid (e.g. one per CPU core)."""
+    runs_csv = out / "runs.csv"
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", str(args.threads))
+    for seed in args.seeds:  # seed-major: a partial grid still has every model at the first seeds
+        for experiment in args.experiments:
+            expid = f"{experiment}_{args.dataset_id}"
+            log_path = out / "logs" / f"{expid}_{seed}.log"
+            if (expid, seed) in finished(runs_csv):
+                continue
+            try:
+                log = log_path.open("x")  # claimed by another instance when it exists
+            except FileExistsError:
+                continue
+            command = [sys.executable, "-m", "fuxictr_chime.cli", "run",
+                       "--config", str(ROOT / "model_zoo" / model_of(experiment) / "config"),
+                       "--expid", expid, "--seed", str(seed), "--model-root", str(out / "checkpoints"),
+                       "--results", str(runs_csv)]
+            print("+", shlex.join(command), flush=True)
+            with log:
+                rc = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+            if rc != 0:
+                log_path.replace(log_path.with_suffix(".failed.log"))
+                raise SystemExit(f"{expid} seed {seed} failed (exit {rc}); see {log_path.with_suffix('.failed.log')}")
+
+
+def table(out: Path, data: Path, dataset_id: str, experiments: list[str]) -> str:
+    summary = json.loads((data / "summary.json").read_text())
+    oracle = summary["oracle"]["test"]["auc"]
+    rows = {}
+    with (out / "runs.csv").open(newline="") as f:
+        for row in csv.DictReader(f):
+            rows.setdefault(row["expid"], []).append(row)
+
+    def gap(auc: float) -> float:
+        return (auc - 0.5) / (oracle - 0.5)
+
+    shown = data.resolve().relative_to(ROOT) if data.resolve().is_relative_to(ROOT) else data
+    lines = [f"Plain rankers on `{shown}` (test rows; oracle AUC {oracle:.4f}, base-rate logloss "
+             f"{summary['oracle']['test']['base_logloss']:.4f}). Gap = share of the 0.5-to-oracle AUC gap "
+             "closed, of the mean AUC.", "",
+             "| experiment | seeds | test AUC (mean ± sd) | gap closed | test logloss | epochs run (best) | "
+             "stopped early |", "|---|---|---|---|---|---|---|"]
+    for experiment in experiments:
+        found = rows.get(f"{experiment}_{dataset_id}", [])
+        if not found:
+            continue
+        aucs = [float(r["test_AUC"]) for r in found]
+        losses = [float(r["test_logloss"]) for r in found]
+        sd = statistics.stdev(aucs) if len(aucs) > 1 else 0.0
+        epochs = ", ".join(f"{r['epochs_run']} ({r['best_epoch']})" for r in found)
+        stopped = sum(r["stopped_early"] in ("True", "true", "1") for r in found)
+        lines.append(f"| {experiment} | {len(found)} | {statistics.mean(aucs):.4f} ± {sd:.4f} | "
+                     f"{gap(statistics.mean(aucs)):.0%} | {statistics.mean(losses):.4f} | {epochs} | "
+                     f"{stopped}/{len(found)} |")
+    lines += ["", "| reference (summary.json) | test AUC | gap closed |", "|---|---|---|",
+              f"| oracle | {oracle:.4f} | 100% |"]
+    for name, ref in summary.get("references", {}).get("test", {}).items():
+        lines.append(f"| {name} | {ref['auc']:.4f} | {gap(ref['auc']):.0%} |")
+    lines.append("| chance | 0.5000 | 0% |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/synthetic_rankers")
+    parser.add_argument("--data", type=Path, default=ROOT / "data/synthetic",
+                        help="the prepared planted log that dataset_configs/<dataset-id>.yaml points at (its summary.json holds the oracle; default data/synthetic)")
+    parser.add_argument("--dataset-id", default="synthetic", help="experiment suffix (<Model>_<dataset_id>)")
+    parser.add_argument("--experiments", nargs="+", default=list(DEFAULT_EXPERIMENTS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=list(DEFAULT_SEEDS))
+    parser.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of each run (default 1)")
+    parser.add_argument("--table-only", action="store_true", help="only rewrite the table from runs.csv")
+    args = parser.parse_args(argv)
+    if not (args.data / "summary.json").exists():
+        parser.error(f"{args.data}/summary.json not found: run `fuxictr-chime prepare synthetic --out {args.data}`")
+    for experiment in args.experiments:
+        if not (ROOT / "model_zoo" / model_of(experiment) / "config").is_dir():
+            parser.error(f"--experiments: no model_zoo/{model_of(experiment)}/config for '{experiment}'")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "logs").mkdir(exist_ok=True)
+    if not args.table_only:
+        run_grid(args, args.out)
+    text = table(args.out, args.data, args.dataset_id, args.experiments)
+    target = args.out / "synthetic_rankers.md"
+    tmp = target.with_suffix(".md.tmp")
+    tmp.write_text(f"Table written by `python benchmarks/synthetic_rankers.py {shlex.join(sys.argv[1:])}`; "
+                   "each run's own command is in runs.csv.\n\n" + text)
+    tmp.replace(target)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

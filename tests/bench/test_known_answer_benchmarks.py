@@ -1,0 +1,99 @@
+"""The known-answer benchmark scripts' arithmetic: gap shares, tables, variant switches.
+
+``benchmarks/synthetic_rankers.py``, ``compressor_users_curve.py`` and ``compressor_collapse.py``
+train for minutes; here their pure parts run on hand-written CSVs whose answers are known."""
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def test_synthetic_rankers_table_reports_the_mean_and_its_share_of_the_oracle_gap(tmp_path):
+    rankers = _script("synthetic_rankers")
+    assert rankers.model_of("DIN_full") == "DIN" and rankers.model_of("TWIN") == "TWIN"
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "summary.json").write_text(json.dumps({
+        "oracle": {"test": {"auc": 0.9, "base_logloss": 0.69}},
+        "references": {"test": {"count": {"auc": 0.7, "gap_closed": 0.5}}}}))
+    row = {"expid": "TWIN_synthetic", "seed": 1, "test_AUC": 0.68, "test_logloss": 0.6, "epochs_run": 5,
+           "best_epoch": 3, "stopped_early": "True"}
+    _write_csv(tmp_path / "runs.csv", [row, {**row, "seed": 2, "test_AUC": 0.72, "stopped_early": "False"}])
+    text = rankers.table(tmp_path, data, "synthetic", ["TWIN", "DIN"])
+    # mean 0.70 closes (0.70 - 0.5) / (0.9 - 0.5) = 50%; sd of (0.68, 0.72) = 0.0283
+    assert "| TWIN | 2 | 0.7000 ± 0.0283 | 50% | 0.6000 | 5 (3), 5 (3) | 1/2 |" in text
+    assert "| DIN |" not in text  # no rows, no line
+    assert "| count | 0.7000 | 50% |" in text and "| oracle | 0.9000 | 100% |" in text
+
+
+def test_users_curve_gap_and_table(tmp_path):
+    curve = _script("compressor_users_curve")
+    assert curve.gap(7.0, popularity=7.5, oracle=7.0) == pytest.approx(1.0)
+    assert curve.gap(7.5, popularity=7.5, oracle=7.0) == pytest.approx(0.0)
+    assert curve.gap(7.6, popularity=7.5, oracle=7.0) == pytest.approx(-0.2)  # worse than popularity
+    row = dict.fromkeys(curve.FIELDS, "0")
+    row.update({"command": "python benchmarks/compressor_users_curve.py --sizes 1000", "knobs": "defaults",
+                "n_users": "1000", "best_step": "450", "chime_best": "7.25", "probe_best": "7.4", "uniform": "7.52",
+                "popularity": "7.5", "cooccurrence": "7.3", "oracle": "7.0", "chime_gap_closed": "0.5",
+                "probe_gap_closed": "0.2", "eff_rank_at_best": "9.5", "mean_cosine_at_best": "0.2"})
+    _write_csv(tmp_path / "curve.csv", [row])
+    curve.write_table(tmp_path / "curve.csv", tmp_path / "curve.md")
+    text = (tmp_path / "curve.md").read_text()
+    assert "| defaults | 1000 | 7.250 (450) | 50% | 7.400 | 20% | 7.520 | 7.500 | 7.300 | 7.000 | 9.50 / 0.200 |" in text
+    assert "`python benchmarks/compressor_users_curve.py --sizes 1000`" in text
+
+
+def test_collapse_variants_change_only_known_keys(tmp_path):
+    collapse = _script("compressor_collapse")
+    from fuxictr_chime.compressor.config import load_experiment
+
+    config, _ = load_experiment(REPO / "model_zoo/CHIME/config", "CHIME_synthetic")
+    paper = config.to_dict()
+    changes = collapse.apply(config, collapse.VARIANTS["quantizer_warmup"], steps=300)
+    assert changes == {"compression": {"warmup_steps": 150}}  # "{steps/2}"
+    after = config.to_dict()
+    assert after["compression"]["warmup_steps"] == 150
+    after["compression"]["warmup_steps"] = paper["compression"]["warmup_steps"]
+    assert after == paper  # nothing else moved
+    for name, variant in collapse.VARIANTS.items():  # every variant names real config keys
+        fresh, _ = load_experiment(REPO / "model_zoo/CHIME/config", "CHIME_synthetic")
+        collapse.apply(fresh, variant, steps=10)
+    with pytest.raises(SystemExit, match="compression.no_such_key"):
+        collapse.apply(config, {"compression": {"no_such_key": 1}}, steps=10)
+
+
+def test_collapse_table_keeps_the_last_run_of_each_variant(tmp_path):
+    collapse = _script("compressor_collapse")
+    base = dict.fromkeys(collapse.FIELDS, "")
+    base.update({"command": "python benchmarks/compressor_collapse.py", "data": "synthetic", "tag": "synthetic",
+                 "variant": "paper", "changes": "{}", "commit": "0", "ref_uniform": "7.52", "ref_popularity": "7.5",
+                 "ref_cooccurrence": "7.3", "ref_oracle": "7.0"})
+    old = [{**base, "time_utc": "t0", "step": "0", "holistic": "7.0", "eff_rank": "9", "mean_cosine": "0.1"}]
+    new = [{**base, "time_utc": "t1", "step": str(s), "holistic": h, "eff_rank": "1.5", "mean_cosine": "0.99"}
+           for s, h in ((0, "7.6"), (50, "7.52"), (100, "7.53"))]
+    _write_csv(tmp_path / "c.csv", old + new)
+    collapse.write_table(tmp_path / "c.csv", tmp_path / "c.md")
+    text = (tmp_path / "c.md").read_text()
+    # the rerun (t1) replaces the old run: best 7.52 at step 50, last row 7.53 / 1.50 / 0.990
+    assert "| synthetic | paper | `{}` | 7.520 (50) | 7.530 / 1.50 / 0.990 | 7.520 | 7.500 | 7.300 | 7.000 |" in text
+    assert "7.000 (0)" not in text
