@@ -170,9 +170,8 @@ class CompressionConfig(_Section):
     the projected vector b_t itself (no codes, no EMA update, no commitment term); the codebooks
     are then k-means-initialized on the warmed-up b_t. Eval and export always quantize (during the
     warm-up with the still random codebooks, so those eval rows are not comparable and the best
-    checkpoint comes after it). A diagnostic switch: on the planted log
-    the user vector still collapses within 50 steps of switching the quantizer on
-    (docs/ARCHITECTURE.md section 5.2)."""
+    checkpoint comes after it). A diagnostic switch: on the planted log the user vector still
+    collapses within 50 steps of switching the quantizer on (docs/ARCHITECTURE.md section 5.2)."""
 
     section: typing.ClassVar[str] = "compression"
     enabled: bool = True

@@ -180,25 +180,14 @@ def test_constant_plugin_stops_early_and_warns_twice(config, tmp_path, caplog):
     assert not any("did not converge" in w for w in warnings)
 
 
-def test_nan_predictions_name_experiment_epoch_and_batch(config, tmp_path):
+@pytest.mark.parametrize("expid,needles", [
+    ("Constant_nan", ("NaN/inf", "epoch 1, batch 2")),  # NaN predictions: epoch and batch
+    ("DIN_nan", ("item_info.parquet", "NaN")),  # NaN input vector: the file
+    ("DIN_empty", ("train.parquet", "no samples")),  # empty train split: the file
+])
+def test_bad_runs_name_the_experiment_and_the_culprit_and_write_no_row(config, tmp_path, expid, needles):
     with pytest.raises(DataError) as err:
-        runner.run_experiment(config, "Constant_nan", model_root=tmp_path)
+        runner.run_experiment(config, expid, model_root=tmp_path)
     msg = str(err.value)
-    assert "Constant_nan" in msg and "NaN/inf" in msg and "epoch 1, batch 2" in msg
-    assert not (tmp_path / "results.csv").exists()
-
-
-def test_nan_input_names_experiment_and_file(config, tmp_path):
-    with pytest.raises(DataError) as err:
-        runner.run_experiment(config, "DIN_nan", model_root=tmp_path)
-    msg = str(err.value)
-    assert "DIN_nan" in msg and "item_info.parquet" in msg and "NaN" in msg
-    assert not (tmp_path / "results.csv").exists()
-
-
-def test_empty_train_split_names_experiment_and_file(config, tmp_path):
-    with pytest.raises(DataError) as err:
-        runner.run_experiment(config, "DIN_empty", model_root=tmp_path)
-    msg = str(err.value)
-    assert "DIN_empty" in msg and "train.parquet" in msg and "no samples" in msg
+    assert expid in msg and all(needle in msg for needle in needles), msg
     assert not (tmp_path / "results.csv").exists()
