@@ -137,6 +137,7 @@ class AdaptationConfig(_Section):
     e.g. ``cate_id``) and for the action ``label``; ``dense_dims``: GLU output width per dense side
     vector (e.g. ``title_emb``). Width 0 drops an attribute. All widths must add up to
     ``backbone.hidden_size`` unless ``final_linear`` (a Linear(sum, hidden) on the user input).
+    ``item_id`` needs a width too (0 leaves it out: small-data setting, docs/ARCHITECTURE.md 5.2).
     Defaults: ``{item_id: 864, label: 32}`` (= 896), no dense vectors, embeddings drawn from
     N(0, ``init_std`` = 0.02) like LLM token embeddings. ``id_only`` = w/o IAM ablation: the
     user input is only the item-id (and label) embedding.
@@ -153,8 +154,14 @@ class AdaptationConfig(_Section):
         for key in ("embedding_dims", "dense_dims"):
             bad = {name: width for name, width in getattr(self, key).items() if width < 0}
             self._require(not bad, key, f"widths must be >= 0 (bad: {bad})")
-        self._require(self.embedding_dims.get("item_id", 0) > 0, "embedding_dims",
-                      "needs a positive width for 'item_id'")
+        self._require("item_id" in self.embedding_dims, "embedding_dims",
+                      "needs a width for 'item_id' (0 leaves the item id out)")
+        if self.id_only:
+            self._require(self.embedding_dims["item_id"] > 0, "embedding_dims",
+                          "needs a positive width for 'item_id' when id_only (w/o IAM: the item id is the input)")
+        item_widths = [w for name, w in self.embedding_dims.items() if name != "label"] + list(self.dense_dims.values())
+        self._require(any(w > 0 for w in item_widths), "embedding_dims",
+                      "the item input needs at least one attribute with a positive width (embedding_dims or dense_dims)")
         self._require(self.embedding_dims.get("label", 0) > 0, "embedding_dims",
                       "needs a positive width for the action 'label' (the user input includes it)")
         self._require(self.init_std > 0, "init_std", "must be positive")
@@ -171,7 +178,12 @@ class CompressionConfig(_Section):
     are then k-means-initialized on the warmed-up b_t. Eval and export always quantize (during the
     warm-up with the still random codebooks, so those eval rows are not comparable and the best
     checkpoint comes after it). A diagnostic switch: on the planted log the user vector still
-    collapses within 50 steps of switching the quantizer on (docs/ARCHITECTURE.md section 5.2)."""
+    collapses within 50 steps of switching the quantizer on (docs/ARCHITECTURE.md section 5.2).
+
+    ``standardize`` (default False = the paper): b_t is standardized per dimension over the valid
+    positions of the batch before the RVQ (batch normalization without a learned scale; running
+    statistics in eval and export), so the commitment term cannot be lowered by shrinking b_t's
+    spread, i.e. by collapsing the user states (docs/ARCHITECTURE.md section 5.2)."""
 
     section: typing.ClassVar[str] = "compression"
     enabled: bool = True
@@ -183,6 +195,7 @@ class CompressionConfig(_Section):
     kmeans_init: bool = True
     dead_code_threshold: float = 1.0
     warmup_steps: int = 0
+    standardize: bool = False
 
     def __post_init__(self) -> None:
         self._require(self.warmup_steps >= 0, "warmup_steps", "must be >= 0")

@@ -528,7 +528,7 @@ def collect_states(model: torch.nn.Module, data: Any, user_ids: Sequence[int], *
         users_all.append(users)
         if quantizer is not None and codes is not None:
             valid = codes[mask]  # (n, M)
-            b = model.projection(hidden.float())[mask]  # (n, D)
+            b = model._project(hidden, mask)[mask]  # (n, D): the RVQ input
             vectors = torch.stack([quantizer.codebook(m)[valid[:, m]] for m in range(valid.shape[1])], 1)  # (n, M, D)
             level_var.add(b, vectors)
             codes_all.append(valid.cpu().numpy())

@@ -62,6 +62,8 @@ class CHIMECompressor(nn.Module):
         width = comp.codebook_dim
         if comp.enabled:  # ICM
             self.projection = nn.Linear(hidden, width)
+            # compression.standardize: b_t per dimension over the batch's valid positions, no learned scale
+            self.standardize = nn.BatchNorm1d(width, affine=False) if comp.standardize else None
             self.quantizer = ResidualVQ(width, tuple(comp.codebook_sizes), decay=comp.decay,
                                         rotation_trick=comp.rotation_trick, kmeans_init=comp.kmeans_init,
                                         dead_code_threshold=comp.dead_code_threshold,
@@ -69,6 +71,7 @@ class CHIMECompressor(nn.Module):
             self.user_glu = GLU(width, width)
         else:  # w/o ICM ablation: GLU(hidden -> D), average pooling at output
             self.projection = None
+            self.standardize = None
             self.quantizer = None
             self.user_glu = GLU(hidden, width)
         self.item_glu = GLU(self.adaptation.item_input_dim, width)
@@ -121,12 +124,24 @@ class CHIMECompressor(nn.Module):
         if self.quantizer is None:
             z = self.user_glu(hidden.float())  # (B, T, D)
             return z, hidden.new_zeros((), dtype=torch.float32), None
-        b = self.projection(hidden.float())  # (B, T, D)
+        b = self._project(hidden, mask)  # (B, T, D)
         if self.training and self._in_quantizer_warmup():  # b itself, no codes, no EMA, no commitment
             return self.user_glu(b), b.new_zeros(()), None
         out = self.quantizer(b, mask)
         z = self.user_glu(out.quantized)  # (B, T, D)
         return z, out.commit_loss, out.codes
+
+    def _project(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """b_t = projection(h_t) (B, T, D), standardized when ``compression.standardize`` (padding: 0)."""
+        b = self.projection(hidden.float())  # (B, T, D)
+        if self.standardize is None:
+            return b
+        flat = mask.reshape(-1)  # (B*T,)
+        if self.training and int(flat.sum()) < 2:  # batch statistics need two positions
+            return b * mask.unsqueeze(-1)
+        out = b.new_zeros(b.shape).reshape(-1, b.shape[-1])  # (B*T, D)
+        out[flat] = self.standardize(b.reshape(-1, b.shape[-1])[flat])
+        return out.reshape(b.shape)
 
     def _in_quantizer_warmup(self) -> bool:
         """``compression.warmup_steps`` optimizer steps (x grad_accum_steps forwards) bypass the RVQ."""
@@ -178,7 +193,7 @@ class CHIMECompressor(nn.Module):
         if self.quantizer is None:
             raise ConfigError("encode: compression.enabled is False (w/o ICM ablation has no codebooks)")
         hidden, _, mask = self._represent(batch)
-        return self.quantizer(self.projection(hidden.float()), mask).codes  # (B, T, M)
+        return self.quantizer(self._project(hidden, mask), mask).codes  # (B, T, M)
 
     def user_features(self, batch: Mapping[str, Any], normalize: bool = True) -> torch.Tensor:
         """The exported user vector (B, feature_dim), zeros for users without valid positions.
@@ -191,7 +206,7 @@ class CHIMECompressor(nn.Module):
             z = self.user_glu(hidden.float())  # (B, T, D)
             weight = mask.unsqueeze(-1).to(z.dtype)  # (B, T, 1)
             return (z * weight).sum(1) / weight.sum(1).clamp_min(1.0)  # (B, D)
-        codes = self.quantizer(self.projection(hidden.float()), mask).codes  # (B, T, M)
+        codes = self.quantizer(self._project(hidden, mask), mask).codes  # (B, T, M)
         return self.quantizer.histogram(codes, mask, normalize=normalize)  # (B, sum K)
 
     def code_stats(self, codes: torch.Tensor, mask: torch.Tensor | None = None) -> dict[str, list[float]]:

@@ -88,6 +88,10 @@ def test_unknown_keys_name_key_section_and_suggestion(data, words):
     ({"compression": {"codebook_sizes": []}}, "compression.codebook_sizes"),
     ({"optim": {"eval_users": 2.5}}, "optim.eval_users"),
     ({"adaptation": {"embedding_dims": {"item_id": 8}}}, "adaptation.embedding_dims"),
+    ({"adaptation": {"embedding_dims": {"cate_id": 8, "label": 4}}}, "adaptation.embedding_dims"),
+    ({"adaptation": {"embedding_dims": {"item_id": 0, "label": 4}}}, "adaptation.embedding_dims"),
+    ({"adaptation": {"id_only": True, "embedding_dims": {"item_id": 0, "cate_id": 8, "label": 4}}},
+     "adaptation.embedding_dims"),
     ({"loss": []}, "'loss'"),
 ])
 def test_bad_values_name_the_key(data, where):

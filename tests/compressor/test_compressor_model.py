@@ -23,6 +23,10 @@ ABLATIONS = {
                               "embedding_dims": {"item_id": TINY_HIDDEN - 4, "cate_id": 0, "label": 4},
                               "dense_dims": {"title_emb": 0}}},
     "straight_through": {"compression": {"rotation_trick": False}},
+    # CHIME_synthetic_small_data's switches: no item id, standardized b_t, no commitment term
+    "small_data": {"adaptation": {"embedding_dims": {"item_id": 0, "cate_id": TINY_HIDDEN - 12, "label": 4},
+                                  "dense_dims": {"title_emb": 8}},
+                   "compression": {"standardize": True, "commitment_weight": 0.0}},
 }
 
 
@@ -55,9 +59,12 @@ def test_forward_returns_finite_named_losses_for_each_ablation(tmp_path, name):
     assert math.isfinite(float(out["loss"].detach()))
     if name == "wo_il":
         assert out["immediate"] == 0.0
+    if name == "small_data":  # the item input is category + title vector; no commitment term
+        assert "item_id" not in model.adaptation.embeddings and model.adaptation.item_input_dim == TINY_HIDDEN - 4  # cate 20 + title 8
+        assert out["commit"] == 0.0 and model.standardize is not None
     if name == "wo_icm":
         assert out["commit"] == 0.0 and model.quantizer is None
-    else:
+    elif name != "small_data":
         assert out["commit"] > 0.0
     expected = out["holistic"] + out["immediate"] + model.config.compression.commitment_weight * out["commit"]
     assert float(out["loss"]) == pytest.approx(expected, rel=1e-5)
@@ -238,3 +245,29 @@ def test_zero_quantizer_warmup_is_the_paper(tmp_path):
     model.train()
     out = model(batch)  # the first training forward already quantizes
     assert bool(model.quantizer.initialized) and out["commit"] > 0.0
+
+
+def test_standardize_gives_the_rvq_unit_variance_inputs_that_padding_never_touches(tmp_path):
+    """compression.standardize: in training b_t has zero mean and unit variance per dimension
+    over the batch's valid positions (so the commitment term cannot shrink it), padding stays 0
+    and is not counted; eval uses the running statistics; off (the paper) b_t is the projection."""
+    model, _, batch = _setup(tmp_path, {"compression": {"standardize": True}})
+    model.train()
+    hidden, _, mask = model._represent(batch)
+    assert bool((~mask).any()), "the fixture batch needs padding for this test"
+    b = model._project(hidden, mask)  # (B, T, D)
+    valid = b[mask]  # (n, D)
+    torch.testing.assert_close(valid.mean(0), torch.zeros(valid.shape[1]), atol=1e-5, rtol=0)
+    torch.testing.assert_close(valid.var(0, unbiased=False), torch.ones(valid.shape[1]), atol=1e-3, rtol=0)
+    assert float(b[~mask].abs().max()) == 0.0
+    raw = model.projection(hidden)[mask]  # the statistics are those of the valid positions alone
+    torch.testing.assert_close(model.standardize.running_mean, 0.1 * raw.mean(0).detach(), atol=1e-5, rtol=1e-4)
+    model.eval()  # eval: running statistics (mean 0.1 * m, var 0.9 + 0.1 * v after one update)
+    with torch.no_grad():
+        expected = (raw - model.standardize.running_mean) / torch.sqrt(model.standardize.running_var + 1e-5)
+        torch.testing.assert_close(model._project(hidden, mask)[mask], expected)
+    paper, _, _ = _setup(tmp_path / "paper")
+    assert paper.config.compression.standardize is False and paper.standardize is None
+    with torch.no_grad():
+        torch.testing.assert_close(paper._project(hidden, mask), paper.projection(hidden))
+    assert "standardize.running_mean" in model.state_dict()  # the statistics travel with checkpoints
