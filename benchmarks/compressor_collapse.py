@@ -35,6 +35,35 @@ VARIANTS = {
     "straight_through": {"compression": {"rotation_trick": False}},
     "straight_through_no_commitment": {"compression": {"rotation_trick": False, "commitment_weight": 0.0}},
     "quantizer_warmup": {"compression": {"warmup_steps": "{steps/2}"}},
+    "standardize": {"compression": {"standardize": True}},
+    "standardize_lr_3e-3": {"compression": {"standardize": True}, "optim": {"lr_new": 3e-3, "schedule": "constant"}},
+    "standardize_cate_only_lr_3e-3": {
+        "compression": {"standardize": True}, "optim": {"lr_new": 3e-3, "schedule": "constant"},
+        "adaptation": {"embedding_dims": {"item_id": 0, "cate_id": 112, "label": 16}, "dense_dims": {"side_emb": 0}}},
+    "standardize_cate_only_lr_3e-3_warmup": {
+        "compression": {"standardize": True, "warmup_steps": "{steps/2}"}, "optim": {"lr_new": 3e-3, "schedule": "constant"},
+        "adaptation": {"embedding_dims": {"item_id": 0, "cate_id": 112, "label": 16}, "dense_dims": {"side_emb": 0}}},
+    "standardize_cate_only_lr_3e-3_dim16": {
+        "compression": {"standardize": True, "codebook_dim": 16}, "optim": {"lr_new": 3e-3, "schedule": "constant"},
+        "adaptation": {"embedding_dims": {"item_id": 0, "cate_id": 112, "label": 16}, "dense_dims": {"side_emb": 0}}},
+    "standardize_cate_only_lr_3e-3_dim8": {
+        "compression": {"standardize": True, "codebook_dim": 8}, "optim": {"lr_new": 3e-3, "schedule": "constant"},
+        "adaptation": {"embedding_dims": {"item_id": 0, "cate_id": 112, "label": 16}, "dense_dims": {"side_emb": 0}}},
+    "standardize_cate_only_lr_3e-3_no_commitment": {
+        "compression": {"standardize": True, "commitment_weight": 0.0}, "optim": {"lr_new": 3e-3, "schedule": "constant"},
+        "adaptation": {"embedding_dims": {"item_id": 0, "cate_id": 112, "label": 16}, "dense_dims": {"side_emb": 0}}},
+    "standardize_cate_only_lr_3e-3_no_commitment_warmup": {
+        "compression": {"standardize": True, "commitment_weight": 0.0, "warmup_steps": "{steps/2}"},
+        "optim": {"lr_new": 3e-3, "schedule": "constant"},
+        "adaptation": {"embedding_dims": {"item_id": 0, "cate_id": 112, "label": 16}, "dense_dims": {"side_emb": 0}}},
+    "cate_only_lr_3e-3_no_commitment": {  # the previous variant without standardize
+        "compression": {"commitment_weight": 0.0}, "optim": {"lr_new": 3e-3, "schedule": "constant"},
+        "adaptation": {"embedding_dims": {"item_id": 0, "cate_id": 112, "label": 16}, "dense_dims": {"side_emb": 0}}},
+    "standardize_lr_3e-3_no_commitment": {  # with the paper's IAM inputs (item id and side vector)
+        "compression": {"standardize": True, "commitment_weight": 0.0}, "optim": {"lr_new": 3e-3, "schedule": "constant"}},
+    "standardize_no_id_lr_3e-3_no_commitment": {  # category, side vector and label; no item id
+        "compression": {"standardize": True, "commitment_weight": 0.0}, "optim": {"lr_new": 3e-3, "schedule": "constant"},
+        "adaptation": {"embedding_dims": {"item_id": 0, "cate_id": 96, "label": 16}, "dense_dims": {"side_emb": 16}}},
     "init_std_1": {"adaptation": {"init_std": 1.0}},
     "tau_1": {"loss": {"tau_holistic": 1.0, "tau_immediate": 1.0}},
     "lr_2e-3": {"optim": {"lr_new": 2e-3, "schedule": "constant"}},
@@ -43,6 +72,13 @@ VARIANTS = {
         "compression": {"enabled": False}, "loss": {"immediate": False},
         "optim": {"lr_new": 2e-3, "schedule": "constant"},
         "adaptation": {"embedding_dims": {"item_id": 16, "cate_id": 80, "label": 16}, "dense_dims": {"side_emb": 16}}},
+    "wo_icm_wo_il_lr_3e-3": {"compression": {"enabled": False}, "loss": {"immediate": False},
+                             "optim": {"lr_new": 3e-3, "schedule": "constant"}},
+    # the IRM with the probe's information only: category (and label) in, no item id, no side vector
+    "irm_cate_only": {
+        "compression": {"enabled": False}, "loss": {"immediate": False},
+        "optim": {"lr_new": 3e-3, "schedule": "constant"},
+        "adaptation": {"embedding_dims": {"item_id": 0, "cate_id": 112, "label": 16}, "dense_dims": {"side_emb": 0}}},
 }
 FIELDS = ["time_utc", "command", "data", "tag", "variant", "changes", "step", "holistic", "commit",
           "eff_rank", "mean_cosine", "ref_uniform", "ref_popularity", "ref_cooccurrence", "ref_oracle"]

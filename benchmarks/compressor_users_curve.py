@@ -20,6 +20,7 @@ table to ``<out>/compressor_users_curve.md``; runs go to ``<out>/runs/`` (not co
 to ``<data-root>/u<N>``.
 
     .venv/bin/python benchmarks/compressor_users_curve.py --sizes 1000 3000 10000
+    .venv/bin/python benchmarks/compressor_users_curve.py --expid CHIME_synthetic_small_data
 """
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-FIELDS = ["time_utc", "command", "knobs", "n_users", "train_users", "eval_users", "max_steps", "best_step",
+FIELDS = ["time_utc", "command", "expid", "knobs", "n_users", "train_users", "eval_users", "max_steps", "best_step",
           "chime_best", "chime_last", "probe_best", "uniform", "popularity", "cooccurrence", "oracle",
           "chime_gap_closed", "probe_gap_closed", "eff_rank_at_best", "mean_cosine_at_best", "seconds"]
 
@@ -141,11 +142,16 @@ def main(argv: list[str] | None = None) -> None:
                         help="a `prepare synthetic` knob for every size (repeatable; default: the defaults)")
     parser.add_argument("--data-root", type=Path, default=ROOT / "data/synthetic_users")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/compressor_users_curve")
+    parser.add_argument("--table-only", action="store_true", help="only rewrite the table from the CSV")
     args = parser.parse_args(argv)
+    csv_path = args.out / "compressor_users_curve.csv"
+    if args.table_only:
+        migrate(csv_path)
+        write_table(csv_path, args.out / "compressor_users_curve.md")
+        return
     if any(n < 100 for n in args.sizes):
         parser.error("--sizes: at least 100 users each (50 are held out for eval)")
     (args.out / "runs").mkdir(parents=True, exist_ok=True)
-    csv_path = args.out / "compressor_users_curve.csv"
     command = shlex.join(["python", "benchmarks/compressor_users_curve.py", *(argv or sys.argv[1:])])
     for n in args.sizes:
         started = time.perf_counter()
@@ -164,15 +170,45 @@ def main(argv: list[str] | None = None) -> None:
                "probe_gap_closed": gap(probe, refs["popularity"], refs["oracle"]),
                "eff_rank_at_best": float(best["eff_rank"]), "mean_cosine_at_best": float(best["mean_cosine"]),
                "seconds": round(time.perf_counter() - started, 1)}
-        new = not csv_path.exists()
-        with csv_path.open("a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=FIELDS)
-            if new:
-                writer.writeheader()
-            writer.writerow(row)
+        append_row(csv_path, {**row, "expid": args.expid})
         print(", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
                         if k != "command"), flush=True)
     write_table(csv_path, args.out / "compressor_users_curve.md")
+
+
+def expid_of(command: str) -> str:
+    """The ``--expid`` of a command line of this script (its default when absent)."""
+    words = shlex.split(command)
+    return words[words.index("--expid") + 1] if "--expid" in words[:-1] else "CHIME_synthetic"
+
+
+def migrate(csv_path: Path) -> None:
+    """Rewrite a CSV written before a column of ``FIELDS`` existed (atomically; the ``expid`` of
+    older rows is read from their command line). No-op when the header is current."""
+    if not csv_path.exists():
+        return
+    with csv_path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        if reader.fieldnames == FIELDS:
+            return
+        rows = [{**r, "expid": r.get("expid") or expid_of(r["command"])} for r in reader]
+    tmp = csv_path.with_suffix(".csv.tmp")
+    with tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(csv_path)
+
+
+def append_row(csv_path: Path, row: dict) -> None:
+    """Append ``row`` to the CSV (header written when new; an older CSV migrated first)."""
+    migrate(csv_path)
+    new = not csv_path.exists()
+    with csv_path.open("a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=FIELDS)
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
 
 
 def write_table(csv_path: Path, md_path: Path) -> None:
@@ -181,13 +217,14 @@ def write_table(csv_path: Path, md_path: Path) -> None:
     lines = ["Eval holistic loss (lower is better) on 50 held-out users of `prepare synthetic --option "
              "n_users=N` (default per-user knobs), same eval batches for every scorer. Gap = share of the "
              "popularity-to-oracle gap closed.", "",
-             "| knobs | users | CHIME best (step) | CHIME gap | probe best | probe gap | uniform | popularity | "
-             "co-occurrence | oracle | eff. rank / mean cos of z at best |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| experiment | knobs | users | CHIME best (step) | CHIME gap | probe best | probe gap | uniform | "
+             "popularity | co-occurrence | oracle | eff. rank / mean cos of z at best |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         f = {k: float(r[k]) for k in ("chime_best", "probe_best", "uniform", "popularity", "cooccurrence",
                                       "oracle", "chime_gap_closed", "probe_gap_closed", "eff_rank_at_best",
                                       "mean_cosine_at_best")}
-        lines.append(f"| {r['knobs']} | {r['n_users']} | {f['chime_best']:.3f} ({r['best_step']}) | {f['chime_gap_closed']:.0%} | "
+        lines.append(f"| {r.get('expid') or expid_of(r['command'])} | {r['knobs']} | {r['n_users']} | {f['chime_best']:.3f} ({r['best_step']}) | {f['chime_gap_closed']:.0%} | "
                      f"{f['probe_best']:.3f} | {f['probe_gap_closed']:.0%} | {f['uniform']:.3f} | "
                      f"{f['popularity']:.3f} | {f['cooccurrence']:.3f} | {f['oracle']:.3f} | "
                      f"{f['eff_rank_at_best']:.2f} / {f['mean_cosine_at_best']:.3f} |")

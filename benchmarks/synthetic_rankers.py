@@ -85,7 +85,7 @@ def table(out: Path, data: Path, dataset_id: str, experiments: list[str]) -> str
         return (auc - 0.5) / (oracle - 0.5)
 
     shown = data.resolve().relative_to(ROOT) if data.resolve().is_relative_to(ROOT) else data
-    lines = [f"Plain rankers on `{shown}` (test rows; oracle AUC {oracle:.4f}, base-rate logloss "
+    lines = [f"Ranking models on `{shown}` (test rows; oracle AUC {oracle:.4f}, base-rate logloss "
              f"{summary['oracle']['test']['base_logloss']:.4f}). Gap = share of the 0.5-to-oracle AUC gap "
              "closed, of the mean AUC.", "",
              "| experiment | seeds | test AUC (mean ± sd) | gap closed | test logloss | epochs run (best) | "

@@ -1,7 +1,8 @@
 """The known-answer benchmark scripts' arithmetic: gap shares, tables, variant switches.
 
-``benchmarks/synthetic_rankers.py``, ``compressor_users_curve.py`` and ``compressor_collapse.py``
-train for minutes; here their pure parts run on hand-written CSVs whose answers are known."""
+``benchmarks/synthetic_rankers.py``, ``compressor_users_curve.py``, ``compressor_collapse.py`` and
+``compressor_trace.py`` train for minutes; here their pure parts run on hand-written inputs whose
+answers are known."""
 from __future__ import annotations
 
 import csv
@@ -52,15 +53,34 @@ def test_users_curve_gap_and_table(tmp_path):
     assert curve.gap(7.5, popularity=7.5, oracle=7.0) == pytest.approx(0.0)
     assert curve.gap(7.6, popularity=7.5, oracle=7.0) == pytest.approx(-0.2)  # worse than popularity
     row = dict.fromkeys(curve.FIELDS, "0")
-    row.update({"command": "python benchmarks/compressor_users_curve.py --sizes 1000", "knobs": "defaults",
+    row.update({"command": "python benchmarks/compressor_users_curve.py --sizes 1000", "knobs": "defaults", "expid": "",
                 "n_users": "1000", "best_step": "450", "chime_best": "7.25", "probe_best": "7.4", "uniform": "7.52",
                 "popularity": "7.5", "cooccurrence": "7.3", "oracle": "7.0", "chime_gap_closed": "0.5",
                 "probe_gap_closed": "0.2", "eff_rank_at_best": "9.5", "mean_cosine_at_best": "0.2"})
     _write_csv(tmp_path / "curve.csv", [row])
     curve.write_table(tmp_path / "curve.csv", tmp_path / "curve.md")
     text = (tmp_path / "curve.md").read_text()
-    assert "| defaults | 1000 | 7.250 (450) | 50% | 7.400 | 20% | 7.520 | 7.500 | 7.300 | 7.000 | 9.50 / 0.200 |" in text
+    assert ("| CHIME_synthetic | defaults | 1000 | 7.250 (450) | 50% | 7.400 | 20% | 7.520 | 7.500 | 7.300 | 7.000 | "
+            "9.50 / 0.200 |") in text
     assert "`python benchmarks/compressor_users_curve.py --sizes 1000`" in text
+
+
+def test_users_curve_adds_the_experiment_column_to_an_older_csv(tmp_path):
+    """Rows written before the ``expid`` column get it from their command line; the rewrite keeps
+    every row and appends the new one."""
+    curve = _script("compressor_users_curve")
+    old_fields = [f for f in curve.FIELDS if f != "expid"]
+    command = "python benchmarks/compressor_users_curve.py --sizes 1000"
+    rows = [{**dict.fromkeys(old_fields, "1"), "command": command},
+            {**dict.fromkeys(old_fields, "2"), "command": command + " --expid CHIME_synthetic_small_data"}]
+    _write_csv(tmp_path / "curve.csv", rows)
+    curve.append_row(tmp_path / "curve.csv", {**dict.fromkeys(curve.FIELDS, "3"), "expid": "X"})
+    curve.append_row(tmp_path / "curve.csv", {**dict.fromkeys(curve.FIELDS, "4"), "expid": "Y"})
+    with (tmp_path / "curve.csv").open(newline="") as f:
+        reader = csv.DictReader(f)
+        assert reader.fieldnames == curve.FIELDS
+        got = [(r["expid"], r["n_users"]) for r in reader]
+    assert got == [("CHIME_synthetic", "1"), ("CHIME_synthetic_small_data", "2"), ("X", "3"), ("Y", "4")]
 
 
 def test_collapse_variants_change_only_known_keys(tmp_path):
@@ -97,3 +117,12 @@ def test_collapse_table_keeps_the_last_run_of_each_variant(tmp_path):
     # the rerun (t1) replaces the old run: best 7.52 at step 50, last row 7.53 / 1.50 / 0.990
     assert "| synthetic | paper | `{}` | 7.520 (50) | 7.530 / 1.50 / 0.990 | 7.520 | 7.500 | 7.300 | 7.000 |" in text
     assert "7.000 (0)" not in text
+
+
+def test_trace_spread_is_the_mean_distance_to_the_mean_over_valid_positions():
+    import torch
+
+    trace = _script("compressor_trace")
+    x = torch.tensor([[[1.0, 0.0], [3.0, 0.0], [100.0, 100.0]]])  # (B=1, T=3, D=2); the last is padding
+    mask = torch.tensor([[True, True, False]])
+    assert trace.spread(x, mask) == pytest.approx((2.0, 1.0))  # mean (2, 0); each point 1 away
