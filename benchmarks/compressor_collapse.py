@@ -25,6 +25,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from benchmarks._known_answer import append_csv, last_runs  # noqa: E402
+from benchmarks._known_answer import write_table as write_known_answer_table  # noqa: E402
 
 #: variant -> {section: {key: value}} applied on top of the experiment ("{steps/2}" = half the budget)
 VARIANTS = {
@@ -131,28 +133,16 @@ def main(argv: list[str] | None = None) -> None:
         with (Path(config.output_dir) / "log.csv").open(newline="") as f:
             evals = [row for row in csv.DictReader(f) if row["split"] == "eval"]
         now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-        new = not csv_path.exists()
-        with csv_path.open("a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=FIELDS)
-            if new:
-                writer.writeheader()
-            for row in evals:
-                writer.writerow({"time_utc": now, "command": command, "data": args.data.name,
-                                 "tag": args.tag or args.data.name, "variant": variant,
-                                 "changes": json.dumps(changes, sort_keys=True),
-                                 **{k: row.get(k, "") for k in FIELDS[6:]}})
+        append_csv(csv_path, FIELDS, [{"time_utc": now, "command": command, "data": args.data.name,
+                                       "tag": args.tag or args.data.name, "variant": variant,
+                                       "changes": json.dumps(changes, sort_keys=True),
+                                       **{k: row.get(k, "") for k in FIELDS[6:]}} for row in evals])
     write_table(csv_path, args.out / "compressor_collapse.md")
 
 
 def write_table(csv_path: Path, md_path: Path) -> None:
     """Last run of each (tag, variant): best eval holistic, its step, z at the last eval."""
-    runs: dict[tuple[str, str], list[dict]] = {}
-    with csv_path.open(newline="") as f:
-        for row in csv.DictReader(f):
-            key = (row["tag"], row["variant"])
-            if key in runs and runs[key][0]["time_utc"] != row["time_utc"]:
-                runs[key] = []
-            runs.setdefault(key, []).append(row)
+    runs = last_runs(csv_path, lambda row: (row["tag"], row["variant"]))
     lines = ["Eval holistic loss on the held-out users (lower is better) beside the reference scorers "
              "of the same batches; z = the user states (mean pairwise cosine near 1 = collapsed).", "",
              "| data | variant | changes | best eval holistic (step) | last: holistic / eff. rank / mean cos | "
@@ -164,10 +154,7 @@ def write_table(csv_path: Path, md_path: Path) -> None:
         lines.append(f"| {tag} | {variant} | `{rows[0]['changes']}` | {float(best['holistic']):.3f} ({best['step']}) | "
                      f"{float(last['holistic']):.3f} / {float(last['eff_rank']):.2f} / {float(last['mean_cosine']):.3f} | "
                      f"{ref['ref_uniform']} | {ref['ref_popularity']} | {ref['ref_cooccurrence']} | {ref['ref_oracle']} |")
-    lines += ["", "Commands: " + "; ".join(sorted({f"`{r[0]['command']}`" for r in runs.values()}))]
-    tmp = md_path.with_suffix(".md.tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    tmp.replace(md_path)
+    write_known_answer_table(md_path, lines, {rows[0]["command"] for rows in runs.values()})
 
 
 if __name__ == "__main__":

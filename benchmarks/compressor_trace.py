@@ -18,7 +18,6 @@ falls while the mean grows is the collapse (every user state the same vector).
 from __future__ import annotations
 
 import argparse
-import csv
 import shlex
 import sys
 from datetime import datetime, timezone
@@ -26,6 +25,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from benchmarks._known_answer import append_csv, last_runs  # noqa: E402
+from benchmarks._known_answer import write_table as write_known_answer_table  # noqa: E402
 
 FIELDS = ["time_utc", "command", "tag", "changes", "step", "holistic", "commit", "h_mean", "h_spread", "b_mean",
           "b_spread", "q_mean", "q_spread", "z_mean", "z_spread", "z_mean_cosine"]
@@ -129,23 +130,13 @@ def main(argv: list[str] | None = None) -> None:
         epoch += 1
     args.out.mkdir(parents=True, exist_ok=True)
     csv_path = args.out / "compressor_trace.csv"
-    new = not csv_path.exists()
-    with csv_path.open("a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=FIELDS)
-        if new:
-            writer.writeheader()
-        writer.writerows(rows)
+    append_csv(csv_path, FIELDS, rows)
     write_table(csv_path, args.out / "compressor_trace.md")
 
 
 def write_table(csv_path: Path, md_path: Path) -> None:
     """The last run of each tag, one line per measured step."""
-    runs: dict[str, list[dict]] = {}
-    with csv_path.open(newline="") as f:
-        for row in csv.DictReader(f):
-            if row["tag"] in runs and runs[row["tag"]][0]["time_utc"] != row["time_utc"]:
-                runs[row["tag"]] = []
-            runs.setdefault(row["tag"], []).append(row)
+    runs = last_runs(csv_path, lambda row: row["tag"])
 
     def num(value: str, digits: int) -> str:
         return f"{float(value):.{digits}f}" if value not in ("", None) else "-"
@@ -160,10 +151,7 @@ def write_table(csv_path: Path, md_path: Path) -> None:
             lines.append(f"| {tag} | {r['changes'] or '-'} | {r['step']} | {num(r['holistic'], 3)} | {num(r['commit'], 3)} | "
                          f"{num(r['h_mean'], 2)} / {num(r['h_spread'], 2)} | {num(r['b_mean'], 2)} / {num(r['b_spread'], 2)} | "
                          f"{num(r['z_mean'], 2)} / {num(r['z_spread'], 2)} | {num(r['z_mean_cosine'], 3)} |")
-    lines += ["", "Commands: " + "; ".join(sorted({f"`{rows[0]['command']}`" for rows in runs.values()}))]
-    tmp = md_path.with_suffix(".md.tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    tmp.replace(md_path)
+    write_known_answer_table(md_path, lines, {rows[0]["command"] for rows in runs.values()})
 
 
 if __name__ == "__main__":

@@ -36,6 +36,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from benchmarks._known_answer import append_csv  # noqa: E402
+from benchmarks._known_answer import write_table as write_known_answer_table  # noqa: E402
 
 FIELDS = ["time_utc", "command", "expid", "knobs", "n_users", "train_users", "eval_users", "max_steps", "best_step",
           "chime_best", "chime_last", "probe_best", "uniform", "popularity", "cooccurrence", "oracle",
@@ -203,12 +205,7 @@ def migrate(csv_path: Path) -> None:
 def append_row(csv_path: Path, row: dict) -> None:
     """Append ``row`` to the CSV (header written when new; an older CSV migrated first)."""
     migrate(csv_path)
-    new = not csv_path.exists()
-    with csv_path.open("a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=FIELDS)
-        if new:
-            writer.writeheader()
-        writer.writerow(row)
+    append_csv(csv_path, FIELDS, [row])
 
 
 def write_table(csv_path: Path, md_path: Path) -> None:
@@ -228,10 +225,7 @@ def write_table(csv_path: Path, md_path: Path) -> None:
                      f"{f['probe_best']:.3f} | {f['probe_gap_closed']:.0%} | {f['uniform']:.3f} | "
                      f"{f['popularity']:.3f} | {f['cooccurrence']:.3f} | {f['oracle']:.3f} | "
                      f"{f['eff_rank_at_best']:.2f} / {f['mean_cosine_at_best']:.3f} |")
-    lines += ["", "Commands: " + "; ".join(sorted({f"`{r['command']}`" for r in rows}))]
-    tmp = md_path.with_suffix(".md.tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    tmp.replace(md_path)
+    write_known_answer_table(md_path, lines, {r["command"] for r in rows})
 
 
 if __name__ == "__main__":
