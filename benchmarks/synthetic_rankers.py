@@ -23,6 +23,7 @@ import csv
 import json
 import os
 import shlex
+import signal
 import statistics
 import subprocess
 import sys
@@ -47,7 +48,8 @@ def finished(runs_csv: Path) -> set[tuple[str, int]]:
 
 def run_grid(args: argparse.Namespace, out: Path) -> None:
     """Run every missing (experiment, seed). A run is claimed by creating its log file, so several
-    instances of this script can share one grid (e.g. one per CPU core)."""
+    instances of this script can share one grid (e.g. one per CPU core); an interrupted run's log
+    is renamed ``*.interrupted.log``, which releases the claim."""
     runs_csv = out / "runs.csv"
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", str(args.threads))
@@ -66,8 +68,12 @@ def run_grid(args: argparse.Namespace, out: Path) -> None:
                        "--expid", expid, "--seed", str(seed), "--model-root", str(out / "checkpoints"),
                        "--results", str(runs_csv)]
             print("+", shlex.join(command), flush=True)
-            with log:
-                rc = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+            try:
+                with log:
+                    rc = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+            except BaseException:  # Ctrl-C or SIGTERM: release the claim so a rerun takes this run again
+                log_path.replace(log_path.with_suffix(".interrupted.log"))
+                raise
             if rc != 0:
                 log_path.replace(log_path.with_suffix(".failed.log"))
                 raise SystemExit(f"{expid} seed {seed} failed (exit {rc}); see {log_path.with_suffix('.failed.log')}")
@@ -129,6 +135,7 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(f"--experiments: no model_zoo/{model_of(experiment)}/config for '{experiment}'")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "logs").mkdir(exist_ok=True)
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))  # unwinds like Ctrl-C
     if not args.table_only:
         run_grid(args, args.out)
     text = table(args.out, args.data, args.dataset_id, args.experiments)

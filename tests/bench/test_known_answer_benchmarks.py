@@ -126,3 +126,26 @@ def test_trace_spread_is_the_mean_distance_to_the_mean_over_valid_positions():
     x = torch.tensor([[[1.0, 0.0], [3.0, 0.0], [100.0, 100.0]]])  # (B=1, T=3, D=2); the last is padding
     mask = torch.tensor([[True, True, False]])
     assert trace.spread(x, mask) == pytest.approx((2.0, 1.0))  # mean (2, 0); each point 1 away
+
+
+def test_synthetic_rankers_interrupted_run_releases_its_claim(tmp_path, monkeypatch):
+    """A run is claimed by its log file; Ctrl-C (or SIGTERM) renames it *.interrupted.log so that
+    rerunning the grid takes the run again instead of skipping it as claimed."""
+    import argparse
+
+    rankers = _script("synthetic_rankers")
+    (tmp_path / "logs").mkdir()
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(rankers.subprocess, "call", interrupted)
+    args = argparse.Namespace(threads=1, seeds=[1], experiments=["TWIN"], dataset_id="synthetic")
+    with pytest.raises(KeyboardInterrupt):
+        rankers.run_grid(args, tmp_path)
+    assert not (tmp_path / "logs" / "TWIN_synthetic_1.log").exists()
+    assert (tmp_path / "logs" / "TWIN_synthetic_1.interrupted.log").exists()
+    calls = []
+    monkeypatch.setattr(rankers.subprocess, "call", lambda command, **kwargs: calls.append(command) or 0)
+    rankers.run_grid(args, tmp_path)  # the claim was released: the run is taken again
+    assert len(calls) == 1 and "TWIN_synthetic" in calls[0]
