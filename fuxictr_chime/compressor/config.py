@@ -183,7 +183,9 @@ class CompressionConfig(_Section):
     ``standardize`` (default False = the paper): b_t is standardized per dimension over the valid
     positions of the batch before the RVQ (batch normalization without a learned scale; running
     statistics in eval and export), so the commitment term cannot be lowered by shrinking b_t's
-    spread, i.e. by collapsing the user states (docs/ARCHITECTURE.md section 5.2)."""
+    spread, i.e. by collapsing the user states (docs/ARCHITECTURE.md section 5.2). A training batch
+    with a single valid position uses the running statistics; under torch.distributed each rank
+    standardizes over its own batch (DDP broadcasts rank 0's running statistics)."""
 
     section: typing.ClassVar[str] = "compression"
     enabled: bool = True

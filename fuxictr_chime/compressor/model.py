@@ -137,10 +137,14 @@ class CHIMECompressor(nn.Module):
         if self.standardize is None:
             return b
         flat = mask.reshape(-1)  # (B*T,)
-        if self.training and int(flat.sum()) < 2:  # batch statistics need two positions
-            return b * mask.unsqueeze(-1)
+        valid = b.reshape(-1, b.shape[-1])[flat]  # (n, D)
+        norm = self.standardize
+        batch_stats = self.training and valid.shape[0] >= 2  # else (eval, or one position): running statistics
         out = b.new_zeros(b.shape).reshape(-1, b.shape[-1])  # (B*T, D)
-        out[flat] = self.standardize(b.reshape(-1, b.shape[-1])[flat])
+        out[flat] = F.batch_norm(valid, norm.running_mean, norm.running_var, training=batch_stats,
+                                 momentum=norm.momentum, eps=norm.eps)
+        if batch_stats:
+            norm.num_batches_tracked += 1
         return out.reshape(b.shape)
 
     def _in_quantizer_warmup(self) -> bool:

@@ -271,3 +271,11 @@ def test_standardize_gives_the_rvq_unit_variance_inputs_that_padding_never_touch
     with torch.no_grad():
         torch.testing.assert_close(paper._project(hidden, mask), paper.projection(hidden))
     assert "standardize.running_mean" in model.state_dict()  # the statistics travel with checkpoints
+    model.train()  # one valid position in training: the running statistics, left unchanged
+    one = torch.zeros_like(mask)
+    one[0, 0] = True
+    before = model.standardize.running_mean.clone()
+    with torch.no_grad():
+        expected = (model.projection(hidden)[one] - before) / torch.sqrt(model.standardize.running_var + 1e-5)
+        torch.testing.assert_close(model._project(hidden, one)[one], expected)
+    torch.testing.assert_close(model.standardize.running_mean, before)
