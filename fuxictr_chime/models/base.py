@@ -8,7 +8,8 @@
   embeds the target and every behavior from ``item_info.parquet``;
 * input unpacking: ``item_seq`` (B, L+1, target last) and ``seq_mask`` (B, L) from the
   long-sequence loader become an :class:`~fuxictr_chime.models.item_table.ItemHistory`;
-* the short-sequence interest: FuxiCTR's ``DIN_Attention`` over the last ``short_len``
+* the short-sequence interest: FuxiCTR's ``DIN_Attention`` (computed by
+  :class:`~.din_attention.FusedDINAttention`, same parameters) over the last ``short_len``
   behaviors (DIN itself, and the short part of the long-sequence models as in LongCTR);
 * the final MLP (``MLP_Block`` -> sigmoid) over [target, interest vector(s), other
   feature embeddings (incl. the compressed column of a variant)];
@@ -33,11 +34,12 @@ import os
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Sequence
 
 import torch
-from fuxictr.pytorch.layers import DIN_Attention, FeatureEmbedding, MLP_Block
+from fuxictr.pytorch.layers import FeatureEmbedding, MLP_Block
 from fuxictr.pytorch.models import BaseModel
 from torch import nn
 
 from ..errors import ConfigError, DataError
+from .din_attention import FusedDINAttention
 from .item_table import DEFAULT_INITIALIZER, ItemHistory, ItemTable, item_feature_names
 from .params import resolve_params
 from .retrieval import TargetAttention
@@ -79,7 +81,8 @@ class LongSeqBase(BaseModel):
     ``short_len=30``, ``max_len=1000``; MLP ``dnn_hidden_units=(512, 128, 64)`` with
     ReLU, no dropout, no batch norm; ``embedding_dim=16``; ``accumulation_steps=1``.
     Short interest over the last ``short_len`` behaviors (``short_attention``): ``"din"``,
-    FuxiCTR's ``DIN_Attention`` (``attention_hidden_units=(64,)`` with ``Dice``,
+    FuxiCTR's ``DIN_Attention`` as :class:`~.din_attention.FusedDINAttention`
+    (``attention_hidden_units=(64,)`` with ``Dice``,
     ``din_use_softmax=False``), the default of DIN; ``"target"``, multi-head target attention
     (softmax, ``short_attention_dim=64``, ``short_num_heads=1``; the long-sequence models pass
     their ``attention_dim`` / ``num_heads``), the default of SimSoft, ETA, SDIM and TWIN, as in
@@ -158,7 +161,7 @@ class LongSeqBase(BaseModel):
         self.item_dim = self.item_table.output_dim
         kind = short_attention or self.default_short_attention
         if kind == "din":
-            self.short_attention = DIN_Attention(
+            self.short_attention = FusedDINAttention(  # DIN_Attention, factorized first layer
                 self.item_dim, attention_units=[int(u) for u in attention_hidden_units],
                 hidden_activations=attention_hidden_activations,
                 output_activation=attention_output_activation, dropout_rate=attention_dropout,
