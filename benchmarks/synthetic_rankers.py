@@ -15,6 +15,15 @@ whole sequence (``DIN_full``).
 
     .venv/bin/python benchmarks/synthetic_rankers.py --out benchmarks/results/synthetic_rankers
     .venv/bin/python benchmarks/synthetic_rankers.py --experiments TWIN DIN_full --seeds 1 --table-only
+
+With ``--baseline RUNS_CSV`` (the runs.csv of the plain models, e.g. the default grid's), every
+"w/ X" experiment (``<Model>_CHIME|_LEARN|_HIST|_STATS``) also gets a paired comparison with its
+plain model over the seeds both have: mean test-AUC difference, one-sided paired t-test p-value
+(higher is better), and the share of the gap between the plain model's AUC and the oracle's
+that the variant closes (issue 14's acceptance: significant at 5% and at least half the gap).
+
+    .venv/bin/python benchmarks/synthetic_rankers.py --out benchmarks/results/synthetic_chime \
+        --experiments DIN_CHIME DIN_HIST --baseline benchmarks/results/synthetic_rankers/runs.csv
 """
 from __future__ import annotations
 
@@ -29,9 +38,20 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_EXPERIMENTS = ("SimSoft", "ETA", "SDIM", "TWIN", "DIN", "DIN_full")
 DEFAULT_SEEDS = (2024, 2025, 2026)
+VARIANT_SUFFIXES = ("_CHIME", "_LEARN", "_HIST", "_STATS")
+
+
+def plain_of(experiment: str) -> str | None:
+    """The plain experiment of a "w/ X" experiment (DIN_full_CHIME -> DIN_full); None when plain."""
+    for suffix in VARIANT_SUFFIXES:
+        if experiment.endswith(suffix):
+            return experiment[: -len(suffix)]
+    return None
 
 
 def model_of(experiment: str) -> str:
@@ -79,13 +99,49 @@ def run_grid(args: argparse.Namespace, out: Path) -> None:
                 raise SystemExit(f"{expid} seed {seed} failed (exit {rc}); see {log_path.with_suffix('.failed.log')}")
 
 
-def table(out: Path, data: Path, dataset_id: str, experiments: list[str]) -> str:
+def read_runs(path: Path) -> dict[str, list[dict]]:
+    """runs.csv rows grouped by experiment id (empty when the file does not exist)."""
+    rows: dict[str, list[dict]] = {}
+    if path.exists():
+        with path.open(newline="") as f:
+            for row in csv.DictReader(f):
+                rows.setdefault(row["expid"], []).append(row)
+    return rows
+
+
+def paired_lines(rows: dict[str, list[dict]], baseline: dict[str, list[dict]], dataset_id: str,
+                 experiments: list[str], oracle: float) -> list[str]:
+    """Markdown rows: each "w/ X" experiment against its plain model, paired by seed."""
+    from fuxictr_chime.bench.table import paired_pvalue
+
+    lines = []
+    for experiment in experiments:
+        plain = plain_of(experiment)
+        if plain is None:
+            continue
+        mine = {int(r["seed"]): float(r["test_AUC"]) for r in rows.get(f"{experiment}_{dataset_id}", [])}
+        base = {int(r["seed"]): float(r["test_AUC"]) for r in baseline.get(f"{plain}_{dataset_id}", [])}
+        seeds = sorted(set(mine) & set(base))
+        if not seeds:
+            continue
+        a, b = np.array([mine[s] for s in seeds]), np.array([base[s] for s in seeds])
+        p = paired_pvalue(a, b, higher_is_better=True)
+        share = (a.mean() - b.mean()) / (oracle - b.mean())
+        lines.append(f"| {experiment} vs {plain} | {', '.join(map(str, seeds))} | {a.mean():.4f} | {b.mean():.4f} | "
+                     f"{a.mean() - b.mean():+.4f} ({', '.join(f'{d:+.4f}' for d in a - b)}) | "
+                     f"{'-' if p is None else f'{p:.3f}'} | {share:.0%} |")
+    if not lines:
+        return []
+    return ["", "Paired by seed against the plain model of the baseline runs (one-sided paired t-test that "
+            "the variant's test AUC is higher; share = (variant - plain) / (oracle - plain)):", "",
+            "| comparison | seeds | variant AUC | plain AUC | difference (per seed) | p | share of plain-to-oracle gap |",
+            "|---|---|---|---|---|---|---|", *lines]
+
+
+def table(out: Path, data: Path, dataset_id: str, experiments: list[str], baseline: Path | None = None) -> str:
     summary = json.loads((data / "summary.json").read_text())
     oracle = summary["oracle"]["test"]["auc"]
-    rows = {}
-    with (out / "runs.csv").open(newline="") as f:
-        for row in csv.DictReader(f):
-            rows.setdefault(row["expid"], []).append(row)
+    rows = read_runs(out / "runs.csv")
 
     def gap(auc: float) -> float:
         return (auc - 0.5) / (oracle - 0.5)
@@ -113,6 +169,8 @@ def table(out: Path, data: Path, dataset_id: str, experiments: list[str]) -> str
     for name, ref in summary.get("references", {}).get("test", {}).items():
         lines.append(f"| {name} | {ref['auc']:.4f} | {gap(ref['auc']):.0%} |")
     lines.append("| chance | 0.5000 | 0% |")
+    if baseline is not None:
+        lines += paired_lines(rows, read_runs(baseline), dataset_id, experiments, oracle)
     return "\n".join(lines) + "\n"
 
 
@@ -127,6 +185,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=list(DEFAULT_SEEDS))
     parser.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of each run (default 1)")
     parser.add_argument("--table-only", action="store_true", help="only rewrite the table from runs.csv")
+    parser.add_argument("--baseline", type=Path, default=None, metavar="RUNS_CSV",
+                        help="runs.csv of the plain models: adds a paired comparison of every w/ X experiment")
     args = parser.parse_args(argv)
     if not (args.data / "summary.json").exists():
         parser.error(f"{args.data}/summary.json not found: run `fuxictr-chime prepare synthetic --out {args.data}`")
@@ -138,7 +198,9 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))  # unwinds like Ctrl-C
     if not args.table_only:
         run_grid(args, args.out)
-    text = table(args.out, args.data, args.dataset_id, args.experiments)
+    if args.baseline is not None and not args.baseline.exists():
+        parser.error(f"--baseline {args.baseline}: no such file")
+    text = table(args.out, args.data, args.dataset_id, args.experiments, args.baseline)
     target = args.out / "synthetic_rankers.md"
     tmp = target.with_suffix(".md.tmp")
     tmp.write_text(f"Table written by `python benchmarks/synthetic_rankers.py {shlex.join(sys.argv[1:])}`; "

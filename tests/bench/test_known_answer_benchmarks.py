@@ -47,6 +47,29 @@ def test_synthetic_rankers_table_reports_the_mean_and_its_share_of_the_oracle_ga
     assert "| count | 0.7000 | 50% |" in text and "| oracle | 0.9000 | 100% |" in text
 
 
+def test_synthetic_rankers_pairs_each_variant_with_its_plain_model_by_seed(tmp_path):
+    rankers = _script("synthetic_rankers")
+    assert rankers.plain_of("DIN_full_CHIME") == "DIN_full" and rankers.plain_of("TWIN_HIST") == "TWIN"
+    assert rankers.plain_of("DIN_full") is None
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "summary.json").write_text(json.dumps({"oracle": {"test": {"auc": 0.9, "base_logloss": 0.69}}}))
+    row = {"seed": 1, "test_logloss": 0.6, "epochs_run": 5, "best_epoch": 3, "stopped_early": "True"}
+    out = tmp_path / "out"
+    out.mkdir()
+    _write_csv(out / "runs.csv", [{**row, "expid": "DIN_CHIME_synthetic", "test_AUC": 0.72},
+                                  {**row, "expid": "DIN_CHIME_synthetic", "seed": 2, "test_AUC": 0.74},
+                                  {**row, "expid": "DIN_CHIME_synthetic", "seed": 3, "test_AUC": 0.76}])
+    _write_csv(tmp_path / "plain.csv", [{**row, "expid": "DIN_synthetic", "test_AUC": 0.70},
+                                        {**row, "expid": "DIN_synthetic", "seed": 2, "test_AUC": 0.71},
+                                        {**row, "expid": "TWIN_synthetic", "seed": 2, "test_AUC": 0.80}])
+    text = rankers.table(out, data, "synthetic", ["DIN_CHIME"], baseline=tmp_path / "plain.csv")
+    # seeds 1 and 2 only (seed 3 has no plain run): 0.73 vs 0.705; (0.73 - 0.705) / (0.9 - 0.705) = 13%;
+    # differences +0.02, +0.03: t = 0.025 / (0.00707 / sqrt 2) = 5.0 with 1 df, one-sided p = 0.063
+    assert "| DIN_CHIME vs DIN | 1, 2 | 0.7300 | 0.7050 | +0.0250 (+0.0200, +0.0300) | 0.063 | 13% |" in text
+    assert "Paired by seed" not in rankers.table(out, data, "synthetic", ["DIN_CHIME"])
+
+
 def test_users_curve_gap_and_table(tmp_path):
     curve = _script("compressor_users_curve")
     assert curve.gap(7.0, popularity=7.5, oracle=7.0) == pytest.approx(1.0)

@@ -419,15 +419,15 @@ def test_shipped_dataset_config_matches_the_default_knobs():
     folder `prepare synthetic --out data/synthetic` writes with the default knobs."""
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     config = yaml.safe_load(open(os.path.join(repo, "dataset_configs", "synthetic.yaml")))
-    assert list(config) == ["synthetic", "synthetic_chime", "synthetic_learn"]
+    assert list(config) == ["synthetic", "synthetic_chime", "synthetic_learn", "synthetic_hist"]
     knobs = PlantedKnobs()
     for dataset_id, column in (("synthetic", None), ("synthetic_chime", "chime_hist"),
-                               ("synthetic_learn", "learn_emb")):
+                               ("synthetic_learn", "learn_emb"), ("synthetic_hist", "hist_ctrl")):
         block = config[dataset_id]
         cols = {str(c["name"]): c for c in block["feature_cols"]}
         assert cols["item_id"]["vocab_size"] == knobs.n_items + 1
         assert cols["cate_id"]["vocab_size"] == knobs.n_topics + 1
         assert cols["side_emb"]["pretrain_dim"] == knobs.dense_dim
-        assert {n for n in ("chime_hist", "learn_emb") if cols.get(n, {}).get("active")} == \
+        assert {n for n in ("chime_hist", "learn_emb", "hist_ctrl") if cols.get(n, {}).get("active")} == \
             ({column} if column else set())
         assert block["train_data"] == "../data/synthetic/train.parquet" and block["max_len"] == 1000
