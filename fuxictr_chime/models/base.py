@@ -90,7 +90,13 @@ class LongSeqBase(BaseModel):
     ``short_num_heads`` in the params wins over the model's ``attention_dim`` / ``num_heads``.
     ``use_scale=True``: every target attention of the model (short part, ESU) divides its
     logits by sqrt(head width), as LongCTR's ``use_scale``. ``item_info``: path of
-    ``item_info.parquet`` (the dataset config's key, passed through the params). FuxiCTR keys
+    ``item_info.parquet`` (the dataset config's key, passed through the params).
+    ``trim_padding=True``: the leading columns that are padding in every row of a batch are
+    dropped before the item lookup (the loader pads every history to ``max_len``; LongCTR's
+    loader pads to the batch's longest), keeping at least ``topk`` columns. Masked positions
+    take no part in any model's output, so predictions are unchanged, except that the
+    BatchNorm of DIN's Dice attention then normalizes over fewer padding rows, as LongCTR's
+    DIN does; ``False`` keeps the full width. FuxiCTR keys
     ``model_root`` (required), ``verbose`` (default 1), ``metrics`` (default AUC, logloss),
     ``optimizer`` (adam), ``loss`` (binary_crossentropy) and ``task`` are taken from
     ``kwargs``. LongCTR parameter names are mapped, accepted, refused or reported as
@@ -124,7 +130,7 @@ class LongSeqBase(BaseModel):
                  attention_output_activation: str | None = None,
                  attention_dropout: float = 0.0, din_use_softmax: bool = False,
                  short_attention: str | None = None, short_attention_dim: int = 64,
-                 short_num_heads: int = 1, use_scale: bool = True,
+                 short_num_heads: int = 1, use_scale: bool = True, trim_padding: bool = True,
                  item_info: str | os.PathLike | None = None,
                  embedding_initializer: str = DEFAULT_INITIALIZER, **kwargs: Any) -> None:
         overrides = self.__dict__.get("_param_overrides", {})
@@ -143,6 +149,7 @@ class LongSeqBase(BaseModel):
         self.embedding_dim = int(embedding_dim)
         self.learning_rate = float(learning_rate)
         self.use_scale = bool(use_scale)
+        self.trim_padding = bool(trim_padding)
         self.main_weight = 1.0  # weight of the main loss (SimSoft: esu_weight)
         self._optimizer_name = kwargs.get("optimizer", "adam")
         self._loss_name = kwargs.get("loss", "binary_crossentropy")
@@ -367,11 +374,20 @@ class LongSeqBase(BaseModel):
         if mask.shape[1] > self.max_len:
             self._warn_truncation(mask.shape[1])
         keep = self.max_len if self.uses_long_sequence else min(self.short_len, self.max_len)
+        if self.trim_padding:  # leading columns that are padding in every row carry nothing
+            keep = min(keep, self._history_width(mask))
         if mask.shape[1] > keep:
             item_seq = item_seq[:, -keep - 1:]  # (B, keep+1), target kept last
             mask = mask[:, -keep:]  # (B, keep)
         table, inverse = self.item_table.lookup(item_seq)  # (U, D), (B, L+1)
         return ItemHistory(table, inverse[:, :-1].contiguous(), mask, inverse[:, -1].contiguous())
+
+    def _history_width(self, mask: torch.Tensor) -> int:
+        """Columns from the batch's first valid position to the end (histories are left-padded),
+        at least the model's ``topk`` (so retrieval keeps its k slots) and 1."""
+        valid = mask.any(0)  # (L,)
+        first = int(valid.float().argmax()) if bool(valid.any()) else mask.shape[1] - 1
+        return max(mask.shape[1] - first, int(getattr(self, "topk", 1) or 1), 1)
 
     def _warn_truncation(self, length: int) -> None:
         if not self._warned_truncation:

@@ -84,13 +84,46 @@ def test_one_epoch_fit_with_the_long_sequence_loader(name, make_feature_map, mod
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_masked_left_padding_does_not_change_predictions(name, make_feature_map, make_batch,
                                                          model_kwargs):
-    model, fmap = build(name, make_feature_map, model_kwargs, hash_bits=3)
+    # trim_padding off: the model itself must ignore the masked columns
+    model, fmap = build(name, make_feature_map, model_kwargs, hash_bits=3, trim_padding=False)
     randomize(model).eval()
     batch = make_batch(fmap, batch_size=8, length=12, lengths=[12, 9, 5, 3, 1, 0, 7, 12])
     with torch.no_grad():
         base = model(batch)["y_pred"]
         padded = model(left_pad(batch, 9))["y_pred"]
     assert torch.allclose(base, padded, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_trim_padding_drops_all_padding_columns_and_keeps_predictions(name, make_feature_map, make_batch,
+                                                                       model_kwargs):
+    """trim_padding (default) vs off on the same weights: the same predictions in eval mode; in
+    train mode the same predictions and gradients too, except DIN's Dice BatchNorm, whose batch
+    statistics count the padding rows (as LongCTR's dynamic padding does)."""
+    trimmed, fmap = build(name, make_feature_map, model_kwargs, hash_bits=3)
+    full, _ = build(name, make_feature_map, model_kwargs, hash_bits=3, trim_padding=False)
+    randomize(trimmed)
+    full.load_state_dict(trimmed.state_dict())
+    full.sync_copies()
+    batch = left_pad(make_batch(fmap, batch_size=8, length=12, lengths=[6, 5, 5, 3, 1, 0, 6, 2]), 30)
+    keep = 42 if trimmed.uses_long_sequence else trimmed.short_len  # DIN looks up its last short_len only
+    assert trimmed.get_history(batch).length == min(keep, max(6, getattr(trimmed, "topk", 1)))
+    assert full.get_history(batch).length == keep
+    trimmed.eval(), full.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(trimmed(batch)["y_pred"], full(batch)["y_pred"], rtol=1e-5, atol=1e-6)
+    if type(trimmed.short_attention).__name__ == "FusedDINAttention":
+        return
+    trimmed.train(), full.train()
+    grads = []
+    for model in (trimmed, full):
+        torch.manual_seed(3)  # the same dropout masks (MIRRN's filters) in both
+        out = model(batch)
+        model.compute_loss(out, model.get_labels(batch)).backward()
+        grads.append({k: p.grad for k, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    for key in grads[0]:
+        torch.testing.assert_close(grads[0][key], grads[1][key], rtol=1e-4, atol=1e-6, msg=key)
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
