@@ -338,7 +338,8 @@ def train(model, make_loader, epochs: int, warmup: int, valid_loader=None,
             model._batch_index = i
             model._total_steps += 1
             model.train_step(batch)
-            samples += _batch_size(batch)
+            if epoch == 0:  # the timed epoch (before this fix every epoch's samples were counted)
+                samples += _batch_size(batch)
         if epoch == 0:
             seconds = time.perf_counter() - start
         epochs_run = epoch + 1

@@ -1,0 +1,102 @@
+"""benchmarks/bench_train_throughput.py's converged mode, without the public code or training:
+the prepared-folder copy both implementations read, the public loader's minimum-width shim,
+argument checks, and early stopping on a scripted validation curve."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+spec = importlib.util.spec_from_file_location("bench_tp", REPO / "benchmarks" / "bench_train_throughput.py")
+bench = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(bench)
+
+
+def _prepared(folder: Path, labels=(0.0, 1.0, 1.0)) -> Path:
+    folder.mkdir()
+    for split in ("train", "valid", "test"):
+        pq.write_table(pa.table({"user_index": [1, 2, 1], "item_index": [3, 1, 2], "seq_len": [0, 1, 2],
+                                 "label": pa.array(labels, pa.float32())}), folder / f"{split}.parquet")
+    config = {"toy": {"data_root": "./", "data_format": "parquet", "rebuild_dataset": False,
+                      **{f"{s}_data": f"./{s}.parquet" for s in ("train", "valid", "test")},
+                      "user_info": "./user_info.parquet", "item_info": "./item_info.parquet",
+                      "feature_cols": [
+                          {"name": ["user_index", "item_index", "seq_len"], "active": True, "dtype": "int",
+                           "type": "meta"},
+                          {"name": "item_id", "active": True, "dtype": "int", "type": "categorical",
+                           "source": "item", "vocab_size": 4},
+                          {"name": "chime_hist", "active": True, "dtype": "list", "type": "embedding",
+                           "source": "user", "pretrain_dim": 64}],
+                      "label_col": {"name": "label", "dtype": "float"}, "max_len": 1000}}
+    (folder / "dataset_config.yaml").write_text(yaml.safe_dump(config))
+    return folder
+
+
+def test_copy_prepared_casts_labels_and_drops_compressed_columns(tmp_path):
+    src, out = _prepared(tmp_path / "src"), tmp_path / "out"
+    out.mkdir()
+    block = bench.copy_prepared(src, out)
+    assert [c["name"] for c in block["feature_cols"]] == [["user_index", "item_index", "seq_len"], "item_id"]
+    for split in ("train", "valid", "test"):
+        table = pq.read_table(block[f"{split}_data"])
+        assert Path(block[f"{split}_data"]).parent == out and table.schema.field("label").type == pa.int64()
+        assert table.column("label").to_pylist() == [0, 1, 1]
+    assert block["item_info"] == str((src / "item_info.parquet").resolve())  # read in place
+
+
+def test_copy_prepared_refuses_labels_that_are_not_binary(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(SystemExit, match="train.parquet.*'label' must hold 0/1"):
+        bench.copy_prepared(_prepared(tmp_path / "src", labels=(0.0, 0.5, 1.0)), out)
+
+
+def test_public_histories_are_left_padded_to_the_minimum_width():
+    class Collator:
+        def padding_seqs(self, user_seqs, seq_lens):
+            return np.array([[0, 5], [4, 6]])
+
+    collator = Collator()
+    bench.pad_public_histories(collator, 4)
+    assert collator.padding_seqs(None, None).tolist() == [[0, 0, 0, 5], [0, 0, 4, 6]]
+    bench.pad_public_histories(collator, 3)  # already wider: unchanged
+    assert collator.padding_seqs(None, None).shape == (2, 4)
+
+
+def test_arguments_are_checked(tmp_path):
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--data", str(tmp_path)])  # no dataset_config.yaml
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--patience", "-1"])
+    args = bench.parse_args(["--seed", "7"])
+    assert args.seeds == [7] and args.models == bench.DEFAULT_MODELS
+
+
+def test_early_stopping_keeps_the_best_epoch(monkeypatch):
+    """Valid AUC - logloss per epoch 0.1, 0.3, 0.2, 0.25 with patience 2: stop after epoch 4 and
+    restore epoch 2's weights."""
+    import torch
+
+    class Scripted(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(()))
+            self.scores = iter([0.1, 0.3, 0.2, 0.25, 0.9])
+
+        def train_step(self, batch):
+            with torch.no_grad():
+                self.w += 1  # the weights after epoch e are e
+
+        def evaluate(self, loader, metrics):
+            return {"AUC": next(self.scores), "logloss": 0.0}
+
+    model = Scripted()
+    fit = bench.train(model, lambda: [{"item_seq": [0, 0]}], epochs=10, warmup=0, valid_loader=[1], patience=2)
+    assert (fit["epochs_run"], fit["best_epoch"]) == (4, 2) and float(model.w) == 2.0
+    assert fit["timed_samples"] == 2
