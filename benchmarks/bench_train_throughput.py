@@ -97,6 +97,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="an unpacked fuxictr-2.3.10 sdist (default: download to a temp folder)")
     p.add_argument("--skip-public", action="store_true", help="measure ours only")
     p.add_argument("--results", default=str(RESULTS), help="CSV to append to")
+    p.add_argument("--summary", action="store_true",
+                   help="only write the converged-mode table of --data's rows in --results (mean over "
+                        "seeds per model, the last row of each model and seed) to <results>_<data>.md")
     args = p.parse_args(argv)
     if args.patience < 0 or args.epochs < 1:
         p.error("--patience must be >= 0 and --epochs >= 1")
@@ -409,6 +412,16 @@ def main(argv=None) -> int:
     import torch
 
     args = parse_args(argv)
+    if args.summary:
+        if args.data is None:
+            raise SystemExit("--summary needs --data (the rows' data folder)")
+        results = Path(args.results)
+        target = results.with_name(f"{results.stem}_{Path(args.data).name}.md")
+        text = summary_table(results, args.data)
+        target.write_text(f"Table written by `python benchmarks/bench_train_throughput.py --data {args.data} "
+                          f"--summary`.\n\n{text}")
+        print(text)
+        return 0
     command = " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv])
     with tempfile.TemporaryDirectory(prefix="bench_tp_") as tmp_name:
         tmp = Path(tmp_name)
@@ -450,6 +463,32 @@ def main(argv=None) -> int:
                         bool(row["speedup"] >= 3.0 and abs(row["auc_diff"]) <= 0.003)  # issue 12 / issue 8 goal
                 append_row(Path(args.results), row)
     return 0
+
+
+def summary_table(results: Path, data: str) -> str:
+    """Markdown: per model, the mean over seeds of the converged rows of ``data`` (the last row of
+    each (model, seed)) and issue 12's goal (speedup >= 5, auc_diff >= -0.002, both means)."""
+    import pandas as pd
+
+    rows = pd.read_csv(results)
+    rows = rows[rows.get("data", pd.Series(dtype=str)).astype(str) == str(data)]
+    if rows.empty:
+        raise SystemExit(f"{results}: no rows with data == {data!r}")
+    rows = rows.sort_values("time_utc").groupby(["model", "seed"], sort=False).tail(1)
+    lines = [f"Converged runs on `{data}` (`--patience`, best epoch tested), mean over seeds; samples/s of "
+             "the first epoch; goal: speedup >= 5 and AUC difference >= -0.002.", "",
+             "| model | seeds | ours samples/s | public samples/s | speedup | ours AUC | public AUC | "
+             "AUC diff (per seed) | epochs ours / public | goal |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for model in [m for m in PUBLIC_NAMES if m in set(rows["model"])]:
+        r = rows[rows["model"] == model].sort_values("seed")
+        speedup, diff = r["speedup"].mean(), r["auc_diff"].mean()
+        epochs = ", ".join(f"{int(a)}/{int(b)}" for a, b in zip(r["ours_epochs_run"], r["public_epochs_run"]))
+        met = "met" if speedup >= 5 and diff >= -0.002 else "**not met**"
+        lines.append(f"| {model} | {', '.join(str(int(x)) for x in r['seed'])} | {r['ours_samples_per_s'].mean():,.0f} | "
+                     f"{r['public_samples_per_s'].mean():,.0f} | {speedup:.1f}x | {r['ours_auc'].mean():.4f} | "
+                     f"{r['public_auc'].mean():.4f} | {diff:+.4f} ({', '.join(f'{d:+.4f}' for d in r['auc_diff'])}) | "
+                     f"{epochs} | {met} |")
+    return "\n".join(lines) + "\n"
 
 
 def append_row(path: Path, row: dict) -> None:

@@ -100,3 +100,28 @@ def test_early_stopping_keeps_the_best_epoch(monkeypatch):
     fit = bench.train(model, lambda: [{"item_seq": [0, 0]}], epochs=10, warmup=0, valid_loader=[1], patience=2)
     assert (fit["epochs_run"], fit["best_epoch"]) == (4, 2) and float(model.w) == 2.0
     assert fit["timed_samples"] == 2
+
+
+def test_summary_averages_the_last_row_of_each_seed_and_judges_the_goal(tmp_path):
+    import csv
+
+    rows = []
+    for t, model, seed, speedup, diff in [("1", "TWIN", 1, 2.0, -0.1),  # superseded by the next row
+                                          ("2", "TWIN", 1, 6.0, 0.001), ("3", "TWIN", 2, 8.0, -0.003),
+                                          ("4", "SDIM", 1, 4.0, 0.01)]:
+        rows.append({"time_utc": t, "data": "data/x", "model": model, "seed": seed, "speedup": speedup,
+                     "auc_diff": diff, "ours_samples_per_s": 100 * speedup, "public_samples_per_s": 100,
+                     "ours_auc": 0.7 + diff, "public_auc": 0.7, "ours_epochs_run": 3, "public_epochs_run": 4})
+    rows.append({**rows[0], "data": "generated", "model": "ETA"})
+    with (tmp_path / "r.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    text = bench.summary_table(tmp_path / "r.csv", "data/x")
+    # TWIN: seeds 1 (the later row) and 2: speedup 7.0, diff -0.001 -> met; SDIM: 4x -> not met
+    assert "| TWIN | 1, 2 | 700 | 100 | 7.0x | 0.6990 | 0.7000 | -0.0010 (+0.0010, -0.0030) | 3/4, 3/4 | met |" in text
+    sdim = next(line for line in text.splitlines() if line.startswith("| SDIM |"))
+    assert sdim.startswith("| SDIM | 1 | 400 | 100 | 4.0x |") and sdim.endswith("| **not met** |")
+    assert "| ETA |" not in text
+    with pytest.raises(SystemExit, match="no rows with data == 'data/y'"):
+        bench.summary_table(tmp_path / "r.csv", "data/y")
