@@ -128,7 +128,7 @@ def copy_prepared(src: Path, out: Path) -> dict:
     for split in ("train", "valid", "test"):
         table = pq.read_table(block[f"{split}_data"])
         column = table.column(label)
-        if not pc.all(pc.is_in(column, value_set=pa.array([0.0, 1.0]))).as_py():
+        if not pc.all(pc.is_in(column.cast(pa.float64()), value_set=pa.array([0.0, 1.0]))).as_py():  # int or float labels
             raise SystemExit(f"{block[f'{split}_data']}: column '{label}' must hold 0/1 labels")
         table = table.set_column(table.schema.get_field_index(label), label, column.cast(pa.int64()))
         pq.write_table(table, out / f"{split}.parquet")

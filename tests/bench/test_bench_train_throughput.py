@@ -18,11 +18,11 @@ bench = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(bench)
 
 
-def _prepared(folder: Path, labels=(0.0, 1.0, 1.0)) -> Path:
+def _prepared(folder: Path, labels=(0.0, 1.0, 1.0), label_type=pa.float32()) -> Path:
     folder.mkdir()
     for split in ("train", "valid", "test"):
         pq.write_table(pa.table({"user_index": [1, 2, 1], "item_index": [3, 1, 2], "seq_len": [0, 1, 2],
-                                 "label": pa.array(labels, pa.float32())}), folder / f"{split}.parquet")
+                                 "label": pa.array(labels, label_type)}), folder / f"{split}.parquet")
     config = {"toy": {"data_root": "./", "data_format": "parquet", "rebuild_dataset": False,
                       **{f"{s}_data": f"./{s}.parquet" for s in ("train", "valid", "test")},
                       "user_info": "./user_info.parquet", "item_info": "./item_info.parquet",
@@ -48,6 +48,13 @@ def test_copy_prepared_casts_labels_and_drops_compressed_columns(tmp_path):
         assert Path(block[f"{split}_data"]).parent == out and table.schema.field("label").type == pa.int64()
         assert table.column("label").to_pylist() == [0, 1, 1]
     assert block["item_info"] == str((src / "item_info.parquet").resolve())  # read in place
+
+
+def test_copy_prepared_accepts_int_labels(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    block = bench.copy_prepared(_prepared(tmp_path / "src", labels=(0, 1, 1), label_type=pa.int32()), out)
+    assert pq.read_table(block["test_data"]).column("label").to_pylist() == [0, 1, 1]
 
 
 def test_copy_prepared_refuses_labels_that_are_not_binary(tmp_path):
