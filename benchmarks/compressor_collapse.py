@@ -69,6 +69,10 @@ VARIANTS = {
     "init_std_1": {"adaptation": {"init_std": 1.0}},
     "tau_1": {"loss": {"tau_holistic": 1.0, "tau_immediate": 1.0}},
     "lr_2e-3": {"optim": {"lr_new": 2e-3, "schedule": "constant"}},
+    # the holistic score's confidence: a softer temperature, or |z| and |p| kept (confidence can
+    # grow with the evidence a user has shown; with L2-normalized z, p it is fixed by tau)
+    "tau_h_0.5": {"loss": {"tau_holistic": 0.5}},
+    "unnormalized": {"loss": {"normalize": False}},
     # the IRM alone, made easy: no quantizer, no immediate loss, a 16-d item id, 80-d category
     "wo_icm_wo_il_small_id_lr_2e-3": {
         "compression": {"enabled": False}, "loss": {"immediate": False},

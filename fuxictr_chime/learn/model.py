@@ -10,8 +10,14 @@ every target item of the same user, each against the target items of the other u
 
 The user tower reads the user's *positive* behaviors only (LEARN models what users engaged
 with; its inputs carry no action label). Exported feature ``learn_emb``: the L2-normalized
-64-d user embedding at the last positive behavior of the representation set (zeros for users
-without one).
+64-d user embedding at one position of the representation set's positives (zeros for users
+without one), chosen by ``learn.export_position``:
+
+* ``last_anchor`` (default): the last history position, the latest position whose vector the
+  dense all-action loss trains (it scores it against the user's target part);
+* ``last_valid``: the last positive, the spec's wording (section 4). It lies in the target part,
+  so training never scores the vector there against anything: the exported vector comes from a
+  position the loss never saw as an anchor (issue 14; docs/ARCHITECTURE.md section 5.3).
 """
 from __future__ import annotations
 
@@ -92,15 +98,22 @@ class LEARNCompressor(nn.Module):
         v = F.normalize(self.item_tower(content), dim=-1)  # (B, T, 64)
         return u, v, mask
 
+    def split(self, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(history (B, T), target (B, T), n_history (B,))`` of the compacted positives ``mask``:
+        the last ``floor(target_fraction * n)`` (at least 1) of a user's n positives are the target
+        part, the rest the history part (the loss's anchors); a user with one positive has neither."""
+        length = mask.sum(1, keepdim=True)  # (B, 1) positives per user
+        n_target = torch.floor(length.float() * self.config.learn.target_fraction).long().clamp_min(1)  # (B, 1)
+        position = torch.arange(mask.shape[1], device=mask.device).unsqueeze(0)  # (1, T)
+        history = mask & (position < length - n_target)  # (B, T)
+        target = mask & (position >= length - n_target) & (length >= 2)  # (B, T)
+        return history, target, history.sum(1)
+
     def forward(self, batch: Mapping[str, Any]) -> dict[str, Any]:
         """Named losses ``{"loss", "dense_all_action"}``."""
         spec = self.config.learn
         u, v, mask = self._towers(batch)
-        length = mask.sum(1, keepdim=True)  # (B, 1) positives per user
-        n_target = torch.floor(length.float() * spec.target_fraction).long().clamp_min(1)  # (B, 1)
-        position = torch.arange(mask.shape[1], device=mask.device).unsqueeze(0)  # (1, T)
-        history = mask & (position < length - n_target)  # (B, T)
-        target = mask & (position >= length - n_target) & (length >= 2)  # (B, T)
+        history, target, _ = self.split(mask)
         loss = dense_all_action_loss(u, v, history, target, tau=spec.tau, chunk_size=spec.chunk_size)
         return {"loss": loss, "dense_all_action": float(loss.detach())}
 
@@ -114,11 +127,20 @@ class LEARNCompressor(nn.Module):
         u, _, mask = self._towers(batch)
         return u, mask
 
+    def export_positions(self, mask: torch.Tensor) -> torch.Tensor:
+        """(B,) index into the compacted positives of the exported vector (``learn.export_position``):
+        ``last_anchor`` = the last history position (position 0 for a user with one positive, whom
+        the loss skips), ``last_valid`` = the last positive."""
+        if self.config.learn.export_position == "last_valid":
+            return (mask.sum(1) - 1).clamp_min(0)
+        return (self.split(mask)[2] - 1).clamp_min(0)
+
     def user_features(self, batch: Mapping[str, Any], normalize: bool = True) -> torch.Tensor:
-        """``learn_emb`` (B, 64): the user embedding at the last positive behavior; zeros without one.
+        """``learn_emb`` (B, 64): the user embedding at :meth:`export_positions`; zeros for a user
+        without a positive behavior.
 
         ``normalize`` is accepted for the export protocol; the embedding is always L2-normalized."""
         u, _, mask = self._towers(batch)
-        last = (mask.sum(1) - 1).clamp_min(0)  # (B,)
+        last = self.export_positions(mask)  # (B,)
         emb = u[torch.arange(u.shape[0], device=u.device), last]  # (B, 64)
         return emb * mask.any(1, keepdim=True).to(emb.dtype)

@@ -58,21 +58,64 @@ def test_forward_equals_loss_on_tower_outputs_and_trains_every_tower():
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.backbone.parameters())
 
 
-def test_user_features_last_positive_and_zeros_without_history():
+def test_user_features_last_anchor_and_zeros_without_history():
     model = _model().eval()
     batch = _batch()
     with torch.no_grad():
         emb = model.user_features(batch)
         u, _, mask = model._towers(batch)
     assert emb.shape == (3, 8)
-    assert torch.allclose(emb[0], u[0, 4]) and torch.allclose(emb[1], u[1, 2])
+    # user 0: 5 positives, 1 target -> history positions 0..3; user 1: 3 positives, 1 target -> 0..1
+    assert torch.allclose(emb[0], u[0, 3]) and torch.allclose(emb[1], u[1, 1])
     assert torch.allclose(emb[0].norm(), torch.tensor(1.0), atol=1e-5)
     assert torch.equal(emb[2], torch.zeros(8))
-    # negatives after the last positive do not change the exported vector (causal tower)
+    # the target part (user 0's last positive, time step 6) does not reach the exported vector
     batch2 = _batch()
-    batch2["dense"]["title_emb"][1, 3] += 10.0  # a negative behavior of user 2
+    batch2["dense"]["title_emb"][0, 6] += 10.0
+    with torch.no_grad():
+        assert torch.allclose(model.user_features(batch2)[0], emb[0], atol=1e-6)
+
+
+def test_user_features_last_valid_is_the_last_positive():
+    model = _model(export_position="last_valid").eval()
+    batch = _batch()
+    with torch.no_grad():
+        emb = model.user_features(batch)
+        u, _, _ = model._towers(batch)
+    assert torch.allclose(emb[0], u[0, 4]) and torch.allclose(emb[1], u[1, 2])
+    assert torch.equal(emb[2], torch.zeros(8))
+    batch2 = _batch()
+    batch2["dense"]["title_emb"][1, 3] += 10.0  # a negative of user 2 after its last positive
+    batch3 = _batch()
+    batch3["dense"]["title_emb"][0, 6] += 10.0  # user 0's last positive
     with torch.no_grad():
         assert torch.allclose(model.user_features(batch2)[1], emb[1], atol=1e-6)
+        assert not torch.allclose(model.user_features(batch3)[0], emb[0], atol=1e-3)
+
+
+@pytest.mark.parametrize("position, trained", [("last_anchor", True), ("last_valid", False)])
+def test_exported_position_gets_a_gradient_only_when_it_is_an_anchor(position, trained):
+    """The loss trains the vector a ``last_anchor`` export reads, and never the ``last_valid`` one."""
+    model = _model(export_position=position)
+    batch = _batch()
+    u, v, mask = model._towers(batch)
+    u.retain_grad()
+    history, target, _ = model.split(mask)
+    dense_all_action_loss(u, v, history, target, tau=0.1).backward()
+    at = model.export_positions(mask)
+    for user in (0, 1):  # users with at least 2 positives
+        grad = u.grad[user, at[user]].abs().sum().item()
+        assert (grad > 0) == trained, (position, user, grad)
+
+
+def test_single_positive_user_exports_its_only_vector():
+    model = _model().eval()
+    batch = _batch()
+    batch["labels"][1] = torch.tensor([-1, 1, -1, -1, -1, 0, 0])
+    with torch.no_grad():
+        u, _, mask = model._towers(batch)
+        emb = model.user_features(batch)
+    assert model.export_positions(mask)[1].item() == 0 and torch.allclose(emb[1], u[1, 0])
 
 
 def test_content_column_errors():
@@ -82,6 +125,11 @@ def test_content_column_errors():
     cfg = LEARNConfig.from_dict({**TINY, "learn": {"content_columns": ["nope"]}})
     with pytest.raises(ConfigError, match="nope"):
         LEARNCompressor(cfg, {"item_id": 30}, {"title_emb": 5})
+
+
+def test_export_position_validated():
+    with pytest.raises(ConfigError, match="export_position"):
+        LEARNConfig.from_dict({"learn": {"export_position": "last"}})
 
 
 def test_unknown_key_rejected():
