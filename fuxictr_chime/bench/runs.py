@@ -39,6 +39,21 @@ class RunLog:
 
     def append(self, row: dict) -> None:
         self.rows.append(dict(row))
+        self._write()
+
+    def find(self, **key) -> dict | None:
+        """The first row matching ``key`` (as :meth:`done`), or None."""
+        return next((r for r in self.rows if all(str(r.get(k)) == str(v) for k, v in key.items())), None)
+
+    def update(self, values: dict, **key) -> None:
+        """Add ``values`` to the row matching ``key`` (KeyError when there is none); atomic rewrite."""
+        row = self.find(**key)
+        if row is None:
+            raise KeyError(f"{self.path}: no row {key}")
+        row.update(values)
+        self._write()
+
+    def _write(self) -> None:
         with atomic_path(self.path) as tmp:
             pd.DataFrame(self.rows).to_csv(tmp, index=False)
 

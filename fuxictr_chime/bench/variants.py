@@ -8,6 +8,7 @@ over seeds (and the standard deviation when there are several seeds).
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -19,7 +20,8 @@ from tqdm.auto import tqdm
 
 from ..errors import ConfigError
 from ..io import write_text_atomic
-from .pipeline import DEFAULT_ZOO, CompressorJob, command_line, dataset_id_of, run_ranker, train_and_export
+from .pipeline import (DEFAULT_ZOO, CompressorJob, command_line, convergence_columns, dataset_id_of, ranker_expid,
+                       run_ranker, train_and_export)
 from .runs import RunLog, make_data_view
 from .table2 import seeds_of
 
@@ -80,23 +82,46 @@ def run_variants(data_dir: str | os.PathLike, out_dir: str | os.PathLike, varian
     log = RunLog(out_dir / "runs.csv")
     cells = [(s, v) for s in seeds_of(seeds) for v in variants]
     for seed, variant in tqdm(cells, desc=table_name, disable=not progress):
-        if log.done(model=model, variant=variant.label, seed=seed):
-            continue
         base = out_dir / f"seed_{seed}" / variant.slug
+        key = {"model": model, "variant": variant.label, "seed": seed}
+        if log.done(**key):
+            _backfill_convergence(log, key, base / "models", model, dataset_id, zoo=zoo)
+            continue
         view = make_data_view(data_dir, base / "data")
         job = CompressorJob("CHIME", variant.expid, "chime_hist", compressor_steps, variant.overrides)
         export = train_and_export(job, view, base / "chime", seed=seed, zoo=zoo, progress=progress)
         result = run_ranker(model, "CHIME", dataset_id, view, base / "models", seed=seed, zoo=zoo,
                             overrides=ranking_overrides)
         test = result["test"]
-        log.append({"model": model, "variant": variant.label, "seed": seed, "AUC": test.get("AUC"),
-                    "gAUC": test.get("gAUC"), "logloss": test.get("logloss"), "expid": variant.expid,
+        log.append({**key, "AUC": test.get("AUC"), "gAUC": test.get("gAUC"), "logloss": test.get("logloss"),
+                    "expid": variant.expid, **_valid_and_convergence(result),
                     "compressor_log": export.get("log", ""), "hit_ratio": export.get("hit_ratio", ""),
                     "perplexity": export.get("perplexity", ""), "command": command_line()})
     runs = log.frame()
     text = format_variant_table(runs, [v.label for v in variants], title=title or f"{model} w/ CHIME variants")
     write_text_atomic(out_dir / table_name, text)
     return runs
+
+
+def _valid_and_convergence(result: dict) -> dict:
+    """Valid metrics and the convergence columns (epochs run, best epoch, stopped early, base rate,
+    learning-curve CSV) of a ranking result, as Table 2's rows have them."""
+    valid = result.get("valid") or {}
+    return {"valid_AUC": valid.get("AUC"), "valid_gAUC": valid.get("gAUC"),
+            "valid_logloss": valid.get("logloss"), **convergence_columns(result)}
+
+
+def _backfill_convergence(log: RunLog, key: dict, model_root: Path, model: str, dataset_id: str, *,
+                          zoo: str | os.PathLike) -> None:
+    """A finished row written before runs.csv had the convergence columns gets them from its run's
+    result JSON (written by the runner next to the checkpoint), when that file is there."""
+    row = log.find(**key)
+    if row is not None and not pd.isna(row.get("stopped_early", float("nan"))):
+        return
+    _, expid = ranker_expid(model, "CHIME", dataset_id, zoo=zoo)
+    path = Path(model_root) / dataset_id / f"{expid}.json"
+    if path.is_file():
+        log.update(_valid_and_convergence(json.loads(path.read_text())), **key)
 
 
 def format_variant_table(runs: pd.DataFrame, order: Sequence[str], title: str = "") -> str:

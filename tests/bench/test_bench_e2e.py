@@ -351,6 +351,27 @@ def test_ablation_table3_has_the_four_rows(world, capsys):
     # w/o IL trains without the immediate loss
     log = pd.read_csv(out / "seed_1" / "chime_w_o_il" / "chime" / "log.csv")
     assert (log["immediate"] == 0).all() and (log["holistic"] > 0).all()
+    # the rows carry Table 2's convergence columns (TINY_RANKER: one epoch)
+    assert (runs["epochs_run"] == 1).all() and (runs["best_epoch"] == 1).all()
+    assert ((runs["base_rate"] > 0) & (runs["base_rate"] < 1)).all() and runs["valid_AUC"].between(0, 1).all()
+    for path in runs["curve_csv"]:
+        assert len(pd.read_csv(path)) == 1
+
+
+def test_ablation_rerun_backfills_convergence_columns_without_training(world, capsys):
+    """A runs.csv written before the convergence columns existed gets them on resume, from each
+    run's result JSON, and nothing is trained again."""
+    out = world.root / "ablation_backfill"
+    assert _run(_bench(world, "ablation", out, "--seeds", "1")) == 0
+    full = pd.read_csv(out / "runs.csv")
+    old = full.drop(columns=["valid_AUC", "valid_gAUC", "valid_logloss", "epochs_run", "best_epoch",
+                             "stopped_early", "base_rate", "base_rate_logloss", "curve_csv"])
+    old.to_csv(out / "runs.csv", index=False)
+    with pytest.MonkeyPatch.context() as mp:
+        _no_training(mp)
+        assert _run(_bench(world, "ablation", out, "--seeds", "1")) == 0
+    again = pd.read_csv(out / "runs.csv")
+    pd.testing.assert_frame_equal(again[full.columns], full)
 
 
 def test_depth_table4_and_figure4(world, capsys):
