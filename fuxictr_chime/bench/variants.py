@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
@@ -141,7 +142,37 @@ def format_variant_table(runs: pd.DataFrame, order: Sequence[str], title: str = 
             parts.append(text)
         lines.append(f"| {label} | " + " | ".join(parts) + f" | {len(sub)} |")
     lines += ["", "Test metrics in %, mean (± standard deviation) over seeds."]
+    lines += _paired_against_first(runs, [label for label in order if (runs["variant"] == label).any()])
     return "\n".join(lines) + "\n"
+
+
+def _paired_against_first(runs: pd.DataFrame, order: Sequence[str]) -> list[str]:
+    """Markdown lines: every later variant against the first (e.g. full CHIME), per metric the mean
+    over common seeds of (variant - first) in points and the two-sided paired t-test p-value (scipy
+    ``ttest_rel``); nothing when no variant shares two seeds with the first."""
+    from scipy import stats
+
+    if len(order) < 2:
+        return []
+    first = runs[runs["variant"] == order[0]].set_index("seed")
+    rows = []
+    for label in order[1:]:
+        other = runs[runs["variant"] == label].set_index("seed")
+        seeds = sorted(first.index.intersection(other.index))
+        if len(seeds) < 2:
+            continue
+        parts = []
+        for metric, _ in METRICS:
+            diff = 100 * (other.loc[seeds, metric].to_numpy(float) - first.loc[seeds, metric].to_numpy(float))
+            p = float("nan") if np.allclose(diff, diff[0]) else float(stats.ttest_1samp(diff, 0.0).pvalue)
+            parts.append(f"{diff.mean():+.2f} (p={p:.2f})")
+        rows.append(f"| {label} | " + " | ".join(parts) + f" | {len(seeds)} |")
+    if not rows:
+        return []
+    return ["", f"Against {order[0]}, paired by seed:", "",
+            "| | " + " | ".join(f"Δ{name}" for _, name in METRICS) + " | seeds |",
+            "|---" * (len(METRICS) + 2) + "|", *rows, "",
+            f"Δ: mean over seeds of (variant − {order[0]}) in points; p: two-sided paired t-test."]
 
 
 def plot_eval_curves(curves: dict[str, pd.DataFrame], path: str | os.PathLike, *,

@@ -81,3 +81,23 @@ def test_sliced_comparison_is_the_paired_difference_and_ttest_rel():
     # by hand for AUC: differences 0.002, 0.001, 0.006 -> +0.300 pp
     assert cells[0].startswith("+0.300 (p=")
     assert sliced_comparison(pd.DataFrame(rows).query("variant != 'CHIME_sliced'")) == ""
+
+
+def test_variant_table_pairs_every_variant_with_the_first_by_seed():
+    """Golden: differences of +1, +2, +3 points over 3 seeds -> mean +2.00, t = 2 / (1 / sqrt(3)) =
+    3.464 with 2 degrees of freedom -> two-sided p = 0.074 (scipy.stats.t.sf(3.464, 2) * 2)."""
+    from fuxictr_chime.bench.variants import format_variant_table
+
+    rows = []
+    for seed, delta in zip((1, 2, 3), (0.01, 0.02, 0.03)):
+        base = {"AUC": 0.60 + seed / 100, "gAUC": 0.60, "logloss": 0.65}
+        rows.append({"model": "DIN", "variant": "CHIME", "seed": seed, **base})
+        rows.append({"model": "DIN", "variant": "w/o X", "seed": seed, "AUC": base["AUC"] + delta,
+                     "gAUC": 0.60, "logloss": 0.65 - delta})
+    rows.append({"model": "DIN", "variant": "w/o Y", "seed": 1, "AUC": 0.5, "gAUC": 0.5, "logloss": 0.7})
+    text = format_variant_table(pd.DataFrame(rows), ["CHIME", "w/o X", "w/o Y"])
+    line = next(l for l in text.splitlines() if l.startswith("| w/o X |") and "(p=" in l)
+    assert [c.strip() for c in line.split("|")[2:-1]] == ["+2.00 (p=0.07)", "+0.00 (p=nan)", "-2.00 (p=0.07)", "3"]
+    assert not any(l.startswith("| w/o Y |") and "(p=" in l for l in text.splitlines())  # one seed: not paired
+    one_seed = pd.DataFrame([r for r in rows if r["seed"] == 1])
+    assert "paired by seed" not in format_variant_table(one_seed, ["CHIME", "w/o X"])
