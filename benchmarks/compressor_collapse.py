@@ -85,6 +85,11 @@ VARIANTS = {
         "compression": {"enabled": False}, "loss": {"immediate": False},
         "optim": {"lr_new": 3e-3, "schedule": "constant"},
         "adaptation": {"embedding_dims": {"item_id": 0, "cate_id": 112, "label": 16}, "dense_dims": {"side_emb": 0}}},
+    # the same 64-float histogram spread over more, smaller codebooks (benchmarks/quantizer_ceiling.py:
+    # a k-means RVQ of the counting state loses less with more levels)
+    "rvq_16x4": {"compression": {"codebook_sizes": [16, 16, 16, 16]}},
+    "rvq_8x8": {"compression": {"codebook_sizes": [8] * 8}},
+    "rvq_4x16": {"compression": {"codebook_sizes": [4] * 16}},
 }
 FIELDS = ["time_utc", "command", "data", "tag", "variant", "changes", "step", "holistic", "commit",
           "eff_rank", "mean_cosine", "ref_uniform", "ref_popularity", "ref_cooccurrence", "ref_oracle"]

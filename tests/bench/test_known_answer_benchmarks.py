@@ -172,3 +172,49 @@ def test_synthetic_rankers_interrupted_run_releases_its_claim(tmp_path, monkeypa
     monkeypatch.setattr(rankers.subprocess, "call", lambda command, **kwargs: calls.append(command) or 0)
     rankers.run_grid(args, tmp_path)  # the claim was released: the run is taken again
     assert len(calls) == 1 and "TWIN_synthetic" in calls[0]
+
+
+def test_quantizer_ceiling_counting_state_is_the_log_of_positive_counts_up_to_each_position():
+    import torch
+
+    ceiling = _script("quantizer_ceiling")
+    values = torch.tensor([[1, 2, 1, 1, 0]])  # (B=1, T=5), last position padding
+    labels = torch.tensor([[1, 1, -1, 1, 0]])
+    mask = labels != 0
+    states = ceiling.counting_states(values, labels, mask, width=3)  # (1, 5, 3)
+    counts = torch.tensor([[0, 1, 0], [0, 1, 1], [0, 1, 1], [0, 2, 1], [0, 2, 1]], dtype=torch.float32)
+    assert torch.allclose(states[0], torch.log1p(counts))
+
+
+def test_quantizer_ceiling_rvq_is_lossless_when_every_state_has_its_own_code_and_lossy_otherwise():
+    import numpy as np
+    import torch
+
+    ceiling = _script("quantizer_ceiling")
+    assert ceiling.parse_sizes("32,16,16") == (32, 16, 16) and ceiling.parse_sizes("8x3") == (8, 8, 8)
+    rng = np.random.default_rng(0)
+    distinct = rng.normal(size=(5, 4)).astype(np.float32)
+    x = distinct[rng.integers(0, 5, 200)]  # 200 rows, 5 distinct states
+    books = ceiling.fit_rvq(x, (8,), seed=0)  # one level with more codes than states
+    assert books[0].shape == (8, 4)
+    assert torch.allclose(ceiling.quantize(torch.as_tensor(x), books), torch.as_tensor(x), atol=1e-5)
+    one = ceiling.quantize(torch.as_tensor(x), ceiling.fit_rvq(x, (2,), seed=0))
+    two = ceiling.quantize(torch.as_tensor(x), ceiling.fit_rvq(x, (2, 2), seed=0))
+    err = [float(((torch.as_tensor(x) - q) ** 2).sum()) for q in (one, two)]
+    assert err[0] > err[1] > 0.0  # a second level reduces the error, two 2-code levels cannot hold 5 states
+
+
+def test_quantizer_ceiling_scorer_gives_the_co_occurrence_logit_unquantized():
+    import torch
+
+    from fuxictr_chime.compressor.diagnostics import cooccurrence_scorer
+
+    ceiling = _script("quantizer_ceiling")
+    batch = {"attrs": {"cate_id": torch.tensor([[1, 2, 1, 2], [2, 2, 1, 0]])},
+             "labels": torch.tensor([[1, -1, 1, 1], [1, 1, -1, 0]]),
+             "mask": torch.tensor([[True, True, True, True], [True, True, True, False]]),
+             "item_index": torch.tensor([[3, 4, 5, 6], [4, 7, 3, 0]])}
+    anchors, items = torch.tensor([0, 2, 5]), torch.tensor([0, 1, 3, 4, 6])
+    ours = ceiling.counting_scorer("cate_id", 3, None)(batch)(anchors, items)
+    reference = cooccurrence_scorer("cate_id")(batch)(anchors, items)
+    assert torch.allclose(ours, reference)
