@@ -96,7 +96,11 @@ class LongSeqBase(BaseModel):
     loader pads to the batch's longest), keeping at least ``topk`` columns. Masked positions
     take no part in any model's output, so predictions are unchanged, except that the
     BatchNorm of DIN's Dice attention then normalizes over fewer padding rows, as LongCTR's
-    DIN does; ``False`` keeps the full width. FuxiCTR keys
+    DIN does; ``False`` keeps the full width. ``column_interaction=False`` (the spec: the
+    compressed column enters the final MLP like any other dense feature); ``True`` (variants
+    with a column only) also feeds the MLP e_col * (W target), the column's embedding times a
+    learned projection of the target item, so that "the user's weight on the target's kind"
+    need not be learned by the MLP from a concatenation (docs/ARCHITECTURE.md section 6). FuxiCTR keys
     ``model_root`` (required), ``verbose`` (default 1), ``metrics`` (default AUC, logloss),
     ``optimizer`` (adam), ``loss`` (binary_crossentropy) and ``task`` are taken from
     ``kwargs``. LongCTR parameter names are mapped, accepted, refused or reported as
@@ -132,7 +136,8 @@ class LongSeqBase(BaseModel):
                  short_attention: str | None = None, short_attention_dim: int = 64,
                  short_num_heads: int = 1, use_scale: bool = True, trim_padding: bool = True,
                  item_info: str | os.PathLike | None = None,
-                 embedding_initializer: str = DEFAULT_INITIALIZER, **kwargs: Any) -> None:
+                 embedding_initializer: str = DEFAULT_INITIALIZER,
+                 column_interaction: bool = False, **kwargs: Any) -> None:
         overrides = self.__dict__.get("_param_overrides", {})
         short_attention_dim = overrides.get("short_attention_dim", short_attention_dim)
         short_num_heads = overrides.get("short_num_heads", short_num_heads)
@@ -163,6 +168,13 @@ class LongSeqBase(BaseModel):
                                 if self.context_features else None)
         self.context_dim = sum(_output_dim(feature_map.features[name], embedding_dim)
                                for name in self.context_features)
+        # column_interaction (off = the spec): the final MLP also gets e_col * W target, the
+        # compressed column's embedding times a learned projection of the target item
+        self._column_slice: tuple[int, int] | None = None
+        if column_interaction and self.compressed_column is not None:
+            widths = [_output_dim(feature_map.features[name], embedding_dim) for name in self.context_features]
+            start = sum(widths[: self.context_features.index(self.compressed_column)])
+            self._column_slice = (start, start + widths[self.context_features.index(self.compressed_column)])
         self.item_table = ItemTable(feature_map, embedding_dim, item_info,
                                     embedding_initializer=embedding_initializer)
         self.item_dim = self.item_table.output_dim
@@ -232,6 +244,10 @@ class LongSeqBase(BaseModel):
         initialize and move to the device (FuxiCTR's constructor tail). Subclasses call it
         last in their constructor."""
         input_dim = self.item_dim + int(interest_dim) + self.context_dim
+        if self._column_slice is not None:
+            width = self._column_slice[1] - self._column_slice[0]
+            self.column_target = nn.Linear(self.item_dim, width, bias=False)
+            input_dim += width
         self.dnn = MLP_Block(input_dim=input_dim, output_dim=1,
                              output_activation=self.output_activation, **self.dnn_kwargs)
         self.compile(self._optimizer_name, self._loss_name, self.learning_rate)
@@ -424,7 +440,11 @@ class LongSeqBase(BaseModel):
         target = history.target  # (B, D)
         context = self.embed_context(inputs, target.shape[0])  # (B, C)
         out = self.interest(target, history, context)
-        features = torch.cat([target, out.pop("interest"), context], dim=-1)  # (B, F)
+        parts = [target, out.pop("interest"), context]
+        if self._column_slice is not None:  # (B, W): the user column weighted by the target
+            start, end = self._column_slice
+            parts.append(context[:, start:end] * self.column_target(target))
+        features = torch.cat(parts, dim=-1)  # (B, F)
         return {"y_pred": self.dnn(features), **out}
 
     # ------------------------------------------------------------------ training

@@ -218,3 +218,31 @@ def test_quantizer_ceiling_scorer_gives_the_co_occurrence_logit_unquantized():
     ours = ceiling.counting_scorer("cate_id", 3, None)(batch)(anchors, items)
     reference = cooccurrence_scorer("cate_id")(batch)(anchors, items)
     assert torch.allclose(ours, reference)
+
+
+def test_oracle_column_rows_are_each_users_truth_padded_to_the_column_width():
+    import numpy as np
+
+    oracle = _script("oracle_column")
+    matrix = np.array([[0, 0, 0], [0, 2.5, 0], [0, 0, 4.0]], dtype=np.float32)  # (U+1, V): users 1, 2
+    rows = oracle.oracle_rows(matrix, np.array([2, 1, 7, 0]), width=5)
+    assert rows == [[0, 0, 4.0, 0, 0], [0, 2.5, 0, 0, 0], [0] * 5, [0] * 5]  # user 7 has no truth: zeros
+    with pytest.raises(SystemExit, match="more than the column"):
+        oracle.oracle_rows(matrix, np.array([1]), width=2)
+
+
+def test_oracle_column_config_is_the_shipped_hist_experiment_on_the_view(tmp_path):
+    import yaml
+
+    oracle = _script("oracle_column")
+    expid, interaction = oracle.make_config("DIN", tmp_path / "view", tmp_path / "config")
+    model = yaml.safe_load((tmp_path / "config" / "model_config.yaml").read_text())
+    dataset = yaml.safe_load((tmp_path / "config" / "dataset_config.yaml").read_text())["synthetic_oracle"]
+    shipped = yaml.safe_load((REPO / "model_zoo/DIN/config/model_config.yaml").read_text())["DIN_HIST_synthetic"]
+    assert (expid, interaction) == ("DIN_ORACLE_synthetic", "DIN_ORACLE_interaction_synthetic")
+    assert set(model) == {"Base", expid, interaction}
+    assert model[expid] == {**shipped, "dataset_id": "synthetic_oracle"}
+    assert model[interaction] == {**model[expid], "column_interaction": True}
+    assert dataset["user_info"] == str(tmp_path / "view" / "user_info.parquet")
+    active = [c["name"] for c in dataset["feature_cols"] if c.get("active")]
+    assert "hist_ctrl" in active and "chime_hist" not in active

@@ -286,6 +286,40 @@ def test_variant_uses_its_column_and_plain_model_ignores_it(name, suffix, make_f
     assert variant.state_dict()[weight].shape == (4, WIDTH[column])  # FuxiCTR's Linear(pretrain_dim, 4)
 
 
+@pytest.mark.parametrize("name", ["DIN_HIST", "TWIN_CHIME"])
+def test_column_interaction_feeds_the_mlp_the_column_times_the_projected_target(name, make_feature_map,
+                                                                                 make_batch, model_kwargs):
+    """column_interaction=True: MLP input = [target, interest, context, e_col * (W target)]; the
+    extra block is exactly that product (zero when the column's embedding is zero), and the
+    switch is a no-op for a plain model (no column)."""
+    model, fmap = build(name, make_feature_map, model_kwargs, column_interaction=True)
+    spec, _ = build(name, make_feature_map, model_kwargs)
+    randomize(model)
+    column = model.compressed_column
+    start, end = model._column_slice
+    assert end - start == 4 and model.column_target.weight.shape == (4, model.item_dim)
+    assert model.dnn.mlp[0].in_features == spec.dnn.mlp[0].in_features + 4
+    batch = make_batch(fmap, batch_size=6, length=12)
+    seen = {}
+    model.dnn.register_forward_hook(lambda module, args, out: seen.update(x=args[0]))
+    model.eval()
+    with torch.no_grad():
+        model(batch)
+        target = model.get_history(batch).target  # (B, D)
+        context = model.embed_context(batch, 6)  # (B, C)
+        encoder = model.embedding_layer.embedding_layer.feature_encoders[column]
+        e_col = encoder(batch[column].float())  # (B, 4): the column's own embedding
+        assert torch.allclose(context[:, start:end], e_col, atol=1e-6)
+        assert torch.allclose(seen["x"][:, -4:], e_col * model.column_target(target), atol=1e-6)
+        assert torch.allclose(seen["x"][:, :-4], torch.cat([target, seen["x"][:, target.shape[1]:-4 - context.shape[1]],
+                                                             context], dim=-1))
+        model({**batch, column: torch.zeros_like(batch[column])})
+        assert encoder.bias is None  # FuxiCTR's Linear(pretrain_dim, dim, bias=False): zeros embed to 0
+        assert torch.equal(seen["x"][:, -4:], torch.zeros(6, 4))
+    plain = get_model(name.split("_")[0])(fmap, **model_kwargs, column_interaction=True)
+    assert plain._column_slice is None and not hasattr(plain, "column_target")
+
+
 @pytest.mark.parametrize("name", ["DIN_CHIME", "TWIN_LEARN"])
 def test_variant_without_its_column_is_a_config_error(name, make_feature_map, model_kwargs):
     with pytest.raises(ConfigError) as err:

@@ -1,0 +1,168 @@
+"""How much can a user column entering the final MLP give a ranker? The planted truth as the column.
+
+On the planted log (``fuxictr-chime prepare synthetic``) each user's long-term interest is known:
+the logit bonus A_u(k) of every topic k (``planted_truth.json``). This script gives a ranking
+model that truth as its user column, in the place and the width of ``chime_hist`` (a 64-float
+``type: embedding`` user feature projected to ``embedding_dim`` and fed to the final MLP, spec
+section 5, "enters the final MLP like any other dense feature"): no compressor can put more
+long-term interest into that column. Its gain over the plain model bounds what "X w/ CHIME" can
+gain on this log with the spec's way of feeding the column; the gap to the oracle that remains is
+what the model does not make of it.
+
+1. ``<out>/runs/data``: a view of ``--data`` (symbolic links) whose ``user_info.parquet`` has the
+   ``hist_ctrl`` column replaced by the user's A_u over the topic codes, zero-padded to 64 floats
+   (users without truth: zeros);
+2. ``<out>/runs/config``: the shipped ``<Model>_HIST_synthetic`` experiment (the model class that
+   reads ``hist_ctrl``) with a dataset id ``synthetic_oracle`` whose paths point at the view;
+3. ``fuxictr-chime run`` per seed; rows to ``<out>/runs.csv`` (each with its command), the table
+   (paired by seed with the plain model's rows of ``--baseline``) to ``<out>/oracle_column.md``.
+
+    .venv/bin/python benchmarks/oracle_column.py --model DIN --seeds 2024 2025 2026
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from fuxictr_chime.io import write_text_atomic  # noqa: E402
+
+WIDTH = 64
+COLUMN = "hist_ctrl"
+
+
+def oracle_rows(matrix: np.ndarray, user_index: np.ndarray, width: int = WIDTH) -> list[list[float]]:
+    """One ``width``-float row per user: row ``user_index[i]`` of the (U+1, V) oracle ``matrix``
+    zero-padded to ``width`` (users outside the matrix: zeros)."""
+    if matrix.shape[1] > width:
+        raise SystemExit(f"the oracle has {matrix.shape[1]} topic codes, more than the column's {width} floats")
+    padded = np.zeros((matrix.shape[0], width), dtype=np.float32)
+    padded[:, : matrix.shape[1]] = matrix
+    out = np.zeros((len(user_index), width), dtype=np.float32)
+    inside = (user_index >= 0) & (user_index < len(padded))
+    out[inside] = padded[user_index[inside]]
+    return out.tolist()
+
+
+def make_view(data: Path, view: Path) -> None:
+    """``view``: links to every file of ``data`` but user_info.parquet, which gets the oracle column."""
+    import pandas as pd
+
+    from fuxictr_chime.compressor.diagnostics import oracle_from_truth
+
+    matrix = oracle_from_truth(data / "planted_truth.json")
+    if matrix is None:
+        raise SystemExit(f"{data}/planted_truth.json: not a planted log's truth (run `fuxictr-chime prepare synthetic`)")
+    view.mkdir(parents=True, exist_ok=True)
+    for item in data.iterdir():
+        link = view / item.name
+        if item.name != "user_info.parquet" and not link.exists():
+            link.symlink_to(item.resolve())
+    users = pd.read_parquet(data / "user_info.parquet")
+    users[COLUMN] = oracle_rows(matrix, users["user_index"].to_numpy())
+    tmp = view / "user_info.parquet.tmp"
+    users.to_parquet(tmp, index=False)
+    tmp.replace(view / "user_info.parquet")
+
+
+def make_config(model: str, view: Path, folder: Path) -> list[str]:
+    """A config folder with ``<model>_ORACLE_synthetic`` (the spec's column) and
+    ``<model>_ORACLE_interaction_synthetic`` (``column_interaction: True``); returns both ids."""
+    import yaml
+
+    zoo = yaml.safe_load((ROOT / "model_zoo" / model / "config" / "model_config.yaml").read_text())
+    datasets = yaml.safe_load((ROOT / "dataset_configs" / "synthetic.yaml").read_text())
+    expid, interaction = f"{model}_ORACLE_synthetic", f"{model}_ORACLE_interaction_synthetic"
+    experiment = dict(zoo[f"{model}_HIST_synthetic"], dataset_id="synthetic_oracle")
+    dataset = dict(datasets["synthetic_hist"], data_root=str(folder / "processed") + "/")
+    for key in ("train_data", "valid_data", "test_data", "user_info", "item_info"):
+        dataset[key] = str(view / Path(dataset[key]).name)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(folder / "model_config.yaml", yaml.safe_dump(
+        {"Base": zoo["Base"], expid: experiment, interaction: {**experiment, "column_interaction": True}}))
+    write_text_atomic(folder / "dataset_config.yaml", yaml.safe_dump({"synthetic_oracle": dataset}))
+    return [expid, interaction]
+
+
+def read_auc(path: Path, expid: str) -> dict[int, float]:
+    if not path.exists():
+        return {}
+    with path.open(newline="") as f:
+        return {int(r["seed"]): float(r["test_AUC"]) for r in csv.DictReader(f) if r["expid"] == expid}
+
+
+def table(out: Path, model: str, baseline: Path, data: Path) -> str:
+    import json
+
+    from fuxictr_chime.bench.table import paired_pvalue
+
+    oracle = json.loads((data / "summary.json").read_text())["oracle"]["test"]["auc"]
+    base = read_auc(baseline, f"{model}_synthetic")
+    lines = [f"{model} with the planted long-term interest as its 64-float user column, against plain {model} "
+             f"with the same seeds (test AUC; oracle {oracle:.4f}; one-sided paired t-test; share = (w/ truth - "
+             "plain) / (oracle - plain)). `concatenated`: the column enters the final MLP like `chime_hist` (the "
+             "spec); `column_interaction`: the MLP also gets the column's embedding times a projection of the "
+             "target item.", "",
+             "| comparison | seeds | w/ truth AUC | plain AUC | difference (per seed) | p | share of plain-to-oracle gap |",
+             "|---|---|---|---|---|---|---|"]
+    for label, expid in (("concatenated", f"{model}_ORACLE_synthetic"),
+                         ("column_interaction", f"{model}_ORACLE_interaction_synthetic")):
+        mine = read_auc(out / "runs.csv", expid)
+        seeds = sorted(set(mine) & set(base))
+        if not seeds:
+            continue
+        a, b = np.array([mine[s] for s in seeds]), np.array([base[s] for s in seeds])
+        p = paired_pvalue(a, b, higher_is_better=True)
+        lines.append(f"| {model} w/ truth ({label}) vs {model} | {', '.join(map(str, seeds))} | {a.mean():.4f} | "
+                     f"{b.mean():.4f} | {a.mean() - b.mean():+.4f} ({', '.join(f'{d:+.4f}' for d in a - b)}) | "
+                     f"{'-' if p is None else f'{p:.3f}'} | {(a.mean() - b.mean()) / (oracle - b.mean()):.0%} |")
+    text = "\n".join([*lines, "", f"Written by `python benchmarks/oracle_column.py --model {model} [--interaction] "
+                                  "--seeds ...`; each run's command is in runs.csv."]) + "\n"
+    write_text_atomic(out / "oracle_column.md", text)
+    return text
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=ROOT / "data/synthetic", help="a prepared planted log")
+    parser.add_argument("--model", default="DIN", help="zoo model with a <Model>_HIST_synthetic experiment")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[2024, 2025, 2026])
+    parser.add_argument("--baseline", type=Path, default=ROOT / "benchmarks/results/synthetic_rankers/runs.csv",
+                        help="runs.csv with the plain <Model>_synthetic rows")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/oracle_column")
+    parser.add_argument("--interaction", action="store_true",
+                        help="run the column_interaction experiment instead of the spec's concatenation")
+    parser.add_argument("--table-only", action="store_true")
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    if not args.table_only:
+        view, config = args.out / "runs" / "data", args.out / "runs" / "config"
+        make_view(args.data, view)
+        expid = make_config(args.model, view, config)[1 if args.interaction else 0]
+        env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+        done = read_auc(args.out / "runs.csv", expid)
+        for seed in args.seeds:
+            if seed in done:
+                continue
+            command = [sys.executable, "-m", "fuxictr_chime.cli", "run", "--config", str(config), "--expid", expid,
+                       "--seed", str(seed), "--model-root", str(args.out / "runs" / "checkpoints"),
+                       "--results", str(args.out / "runs.csv")]
+            print("+", shlex.join(command), flush=True)
+            (args.out / "logs").mkdir(exist_ok=True)
+            with open(args.out / "logs" / f"{expid}_{seed}.log", "w") as log:
+                subprocess.check_call(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+    print(table(args.out, args.model, args.baseline, args.data))
+
+
+if __name__ == "__main__":
+    main()
