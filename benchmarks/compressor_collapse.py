@@ -90,6 +90,9 @@ VARIANTS = {
     "rvq_16x4": {"compression": {"codebook_sizes": [16, 16, 16, 16]}},
     "rvq_8x8": {"compression": {"codebook_sizes": [8] * 8}},
     "rvq_4x16": {"compression": {"codebook_sizes": [4] * 16}},
+    # the IRM alone (no quantizer) made smaller or regularized, against its overfitting after ~1,350 steps
+    "wo_icm_1_layer": {"compression": {"enabled": False}, "backbone": {"num_layers": 1}},
+    "wo_icm_weight_decay": {"compression": {"enabled": False}, "optim": {"weight_decay": 0.1}},
 }
 FIELDS = ["time_utc", "command", "data", "tag", "variant", "changes", "step", "holistic", "commit",
           "eff_rank", "mean_cosine", "ref_uniform", "ref_popularity", "ref_cooccurrence", "ref_oracle"]
