@@ -14,7 +14,8 @@ what the model does not make of it.
    (users without truth: zeros);
 2. ``<out>/runs/config``: the shipped ``<Model>_HIST_synthetic`` experiment (the model class that
    reads ``hist_ctrl``) with a dataset id ``synthetic_oracle`` whose paths point at the view;
-3. ``fuxictr-chime run`` per seed; rows to ``<out>/runs.csv`` (each with its command), the table
+3. ``fuxictr-chime run`` per seed (checkpoints under ``<out>/runs/checkpoints/seed_<s>``, so that
+   instances with different seeds can run at once); rows to ``<out>/runs.csv`` (each with its command), the table
    (paired by seed with the plain model's rows of ``--baseline``) to ``<out>/oracle_column.md``.
 
     .venv/bin/python benchmarks/oracle_column.py --model DIN --seeds 2024 2025 2026
@@ -33,7 +34,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from fuxictr_chime.io import write_text_atomic  # noqa: E402
+from fuxictr_chime.io import write_parquet_atomic, write_text_atomic, write_yaml_atomic  # noqa: E402
 
 WIDTH = 64
 COLUMN = "hist_ctrl"
@@ -68,9 +69,7 @@ def make_view(data: Path, view: Path) -> None:
             link.symlink_to(item.resolve())
     users = pd.read_parquet(data / "user_info.parquet")
     users[COLUMN] = oracle_rows(matrix, users["user_index"].to_numpy())
-    tmp = view / "user_info.parquet.tmp"
-    users.to_parquet(tmp, index=False)
-    tmp.replace(view / "user_info.parquet")
+    write_parquet_atomic(users, view / "user_info.parquet")  # a unique temporary name: instances may run at once
 
 
 def make_config(model: str, view: Path, folder: Path) -> list[str]:
@@ -86,9 +85,9 @@ def make_config(model: str, view: Path, folder: Path) -> list[str]:
     for key in ("train_data", "valid_data", "test_data", "user_info", "item_info"):
         dataset[key] = str(view / Path(dataset[key]).name)
     folder.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(folder / "model_config.yaml", yaml.safe_dump(
-        {"Base": zoo["Base"], expid: experiment, interaction: {**experiment, "column_interaction": True}}))
-    write_text_atomic(folder / "dataset_config.yaml", yaml.safe_dump({"synthetic_oracle": dataset}))
+    write_yaml_atomic(folder / "model_config.yaml",
+                      {"Base": zoo["Base"], expid: experiment, interaction: {**experiment, "column_interaction": True}})
+    write_yaml_atomic(folder / "dataset_config.yaml", {"synthetic_oracle": dataset})
     return [expid, interaction]
 
 
@@ -155,7 +154,7 @@ def main(argv: list[str] | None = None) -> None:
             if seed in done:
                 continue
             command = [sys.executable, "-m", "fuxictr_chime.cli", "run", "--config", str(config), "--expid", expid,
-                       "--seed", str(seed), "--model-root", str(args.out / "runs" / "checkpoints"),
+                       "--seed", str(seed), "--model-root", str(args.out / "runs" / "checkpoints" / f"seed_{seed}"),
                        "--results", str(args.out / "runs.csv")]
             print("+", shlex.join(command), flush=True)
             (args.out / "logs").mkdir(exist_ok=True)
