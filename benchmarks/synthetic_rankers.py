@@ -69,7 +69,9 @@ def finished(runs_csv: Path) -> set[tuple[str, int]]:
 def run_grid(args: argparse.Namespace, out: Path) -> None:
     """Run every missing (experiment, seed). A run is claimed by creating its log file, so several
     instances of this script can share one grid (e.g. one per CPU core); an interrupted run's log
-    is renamed ``*.interrupted.log``, which releases the claim."""
+    is renamed ``*.interrupted.log``, which releases the claim. Checkpoints go to
+    ``<out>/checkpoints/seed_<s>``: two instances running one experiment with different seeds
+    would otherwise write and reload the same checkpoint file."""
     runs_csv = out / "runs.csv"
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", str(args.threads))
@@ -85,7 +87,8 @@ def run_grid(args: argparse.Namespace, out: Path) -> None:
                 continue
             command = [sys.executable, "-m", "fuxictr_chime.cli", "run",
                        "--config", str(ROOT / "model_zoo" / model_of(experiment) / "config"),
-                       "--expid", expid, "--seed", str(seed), "--model-root", str(out / "checkpoints"),
+                       "--expid", expid, "--seed", str(seed),
+                       "--model-root", str(out / "checkpoints" / f"seed_{seed}"),  # one checkpoint file per run
                        "--results", str(runs_csv)]
             print("+", shlex.join(command), flush=True)
             try:
