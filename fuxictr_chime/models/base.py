@@ -173,8 +173,8 @@ class LongSeqBase(BaseModel):
         self._column_slice: tuple[int, int] | None = None
         if column_interaction and self.compressed_column is not None:
             widths = [_output_dim(feature_map.features[name], embedding_dim) for name in self.context_features]
-            start = sum(widths[: self.context_features.index(self.compressed_column)])
-            self._column_slice = (start, start + widths[self.context_features.index(self.compressed_column)])
+            at = self.context_features.index(self.compressed_column)  # FeatureEmbedding's flatten order
+            self._column_slice = (sum(widths[:at]), sum(widths[:at + 1]))
         self.item_table = ItemTable(feature_map, embedding_dim, item_info,
                                     embedding_initializer=embedding_initializer)
         self.item_dim = self.item_table.output_dim
