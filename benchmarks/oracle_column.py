@@ -12,11 +12,13 @@ what the model does not make of it.
 1. ``<out>/runs/data``: a view of ``--data`` (symbolic links) whose ``user_info.parquet`` has the
    ``hist_ctrl`` column replaced by the user's A_u over the topic codes, zero-padded to 64 floats
    (users without truth: zeros);
-2. ``<out>/runs/config``: the shipped ``<Model>_HIST_synthetic`` experiment (the model class that
-   reads ``hist_ctrl``) with a dataset id ``synthetic_oracle`` whose paths point at the view;
+2. ``<out>/runs/config/<Model>``: the shipped ``<Model>_HIST_synthetic`` experiment (the model
+   class that reads ``hist_ctrl``) with a dataset id ``synthetic_oracle`` whose paths point at the
+   view (one folder per model, one processed-data folder ``<out>/runs/processed`` for all);
 3. ``fuxictr-chime run`` per seed (checkpoints under ``<out>/runs/checkpoints/seed_<s>``, so that
-   instances with different seeds can run at once); rows to ``<out>/runs.csv`` (each with its command), the table
-   (paired by seed with the plain model's rows of ``--baseline``) to ``<out>/oracle_column.md``.
+   instances with different seeds or models can run at once); rows to ``<out>/runs.csv`` (each with
+   its command), the table (every model in runs.csv, paired by seed with the plain model's rows of
+   ``--baseline``) to ``<out>/oracle_column.md``.
 
     .venv/bin/python benchmarks/oracle_column.py --model DIN --seeds 2024 2025 2026
 """
@@ -72,16 +74,20 @@ def make_view(data: Path, view: Path) -> None:
     write_parquet_atomic(users, view / "user_info.parquet")  # a unique temporary name: instances may run at once
 
 
-def make_config(model: str, view: Path, folder: Path) -> list[str]:
+def make_config(model: str, view: Path, folder: Path, data_root: Path) -> list[str]:
     """A config folder with ``<model>_ORACLE_synthetic`` (the spec's column) and
-    ``<model>_ORACLE_interaction_synthetic`` (``column_interaction: True``); returns both ids."""
+    ``<model>_ORACLE_interaction_synthetic`` (``column_interaction: True``), its processed data
+    under ``data_root``; returns both ids."""
     import yaml
 
-    zoo = yaml.safe_load((ROOT / "model_zoo" / model / "config" / "model_config.yaml").read_text())
+    zoo_file = ROOT / "model_zoo" / model / "config" / "model_config.yaml"
+    zoo = yaml.safe_load(zoo_file.read_text()) if zoo_file.exists() else {}
+    if f"{model}_HIST_synthetic" not in zoo:
+        raise SystemExit(f"{zoo_file}: no {model}_HIST_synthetic experiment (--model must be a zoo model)")
     datasets = yaml.safe_load((ROOT / "dataset_configs" / "synthetic.yaml").read_text())
     expid, interaction = f"{model}_ORACLE_synthetic", f"{model}_ORACLE_interaction_synthetic"
     experiment = dict(zoo[f"{model}_HIST_synthetic"], dataset_id="synthetic_oracle")
-    dataset = dict(datasets["synthetic_hist"], data_root=str(folder / "processed") + "/")
+    dataset = dict(datasets["synthetic_hist"], data_root=str(data_root) + "/")
     for key in ("train_data", "valid_data", "test_data", "user_info", "item_info"):
         dataset[key] = str(view / Path(dataset[key]).name)
     folder.mkdir(parents=True, exist_ok=True)
@@ -91,30 +97,37 @@ def make_config(model: str, view: Path, folder: Path) -> list[str]:
     return [expid, interaction]
 
 
-def read_auc(path: Path, expid: str) -> dict[int, float]:
+def read_rows(path: Path) -> list[dict]:
     if not path.exists():
-        return {}
+        return []
     with path.open(newline="") as f:
-        return {int(r["seed"]): float(r["test_AUC"]) for r in csv.DictReader(f) if r["expid"] == expid}
+        return list(csv.DictReader(f))
 
 
-def table(out: Path, model: str, baseline: Path, data: Path) -> str:
+def read_auc(path: Path, expid: str) -> dict[int, float]:
+    return {int(r["seed"]): float(r["test_AUC"]) for r in read_rows(path) if r["expid"] == expid}
+
+
+def table(out: Path, baseline: Path, data: Path) -> str:
+    """Every model with rows in ``<out>/runs.csv`` (in order of its first row), each variant
+    paired by seed with the plain model's rows of ``baseline``."""
     import json
 
     from fuxictr_chime.bench.table import paired_pvalue
 
     oracle = json.loads((data / "summary.json").read_text())["oracle"]["test"]["auc"]
-    base = read_auc(baseline, f"{model}_synthetic")
-    lines = [f"{model} with the planted long-term interest as its 64-float user column, against plain {model} "
-             f"with the same seeds (test AUC; oracle {oracle:.4f}; one-sided paired t-test; share = (w/ truth - "
+    models = list(dict.fromkeys(r["expid"].split("_ORACLE")[0] for r in read_rows(out / "runs.csv")
+                                if "_ORACLE" in r["expid"]))
+    lines = ["Each model with the planted long-term interest as its 64-float user column, against the plain "
+             f"model with the same seeds (test AUC; oracle {oracle:.4f}; one-sided paired t-test; share = (w/ truth - "
              "plain) / (oracle - plain)). `concatenated`: the column enters the final MLP like `chime_hist` (the "
              "spec); `column_interaction`: the MLP also gets the column's embedding times a projection of the "
              "target item.", "",
              "| comparison | seeds | w/ truth AUC | plain AUC | difference (per seed) | p | share of plain-to-oracle gap |",
              "|---|---|---|---|---|---|---|"]
-    for label, expid in (("concatenated", f"{model}_ORACLE_synthetic"),
-                         ("column_interaction", f"{model}_ORACLE_interaction_synthetic")):
-        mine = read_auc(out / "runs.csv", expid)
+    for model, label in ((m, label) for m in models for label in ("concatenated", "column_interaction")):
+        expid = f"{model}_ORACLE_synthetic" if label == "concatenated" else f"{model}_ORACLE_interaction_synthetic"
+        mine, base = read_auc(out / "runs.csv", expid), read_auc(baseline, f"{model}_synthetic")
         seeds = sorted(set(mine) & set(base))
         if not seeds:
             continue
@@ -123,7 +136,7 @@ def table(out: Path, model: str, baseline: Path, data: Path) -> str:
         lines.append(f"| {model} w/ truth ({label}) vs {model} | {', '.join(map(str, seeds))} | {a.mean():.4f} | "
                      f"{b.mean():.4f} | {a.mean() - b.mean():+.4f} ({', '.join(f'{d:+.4f}' for d in a - b)}) | "
                      f"{'-' if p is None else f'{p:.3f}'} | {(a.mean() - b.mean()) / (oracle - b.mean()):.0%} |")
-    text = "\n".join([*lines, "", f"Written by `python benchmarks/oracle_column.py --model {model} [--interaction] "
+    text = "\n".join([*lines, "", "Written by `python benchmarks/oracle_column.py --model MODEL [--interaction] "
                                   "--seeds ...`; each run's command is in runs.csv."]) + "\n"
     write_text_atomic(out / "oracle_column.md", text)
     return text
@@ -145,9 +158,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     if not args.table_only:
-        view, config = args.out / "runs" / "data", args.out / "runs" / "config"
+        view, config = args.out / "runs" / "data", args.out / "runs" / "config" / args.model
         make_view(args.data, view)
-        expid = make_config(args.model, view, config)[1 if args.interaction else 0]
+        expid = make_config(args.model, view, config, args.out / "runs" / "processed")[1 if args.interaction else 0]
         env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
         done = read_auc(args.out / "runs.csv", expid)
         for seed in args.seeds:
@@ -160,7 +173,7 @@ def main(argv: list[str] | None = None) -> None:
             (args.out / "logs").mkdir(exist_ok=True)
             with open(args.out / "logs" / f"{expid}_{seed}.log", "w") as log:
                 subprocess.check_call(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
-    print(table(args.out, args.model, args.baseline, args.data))
+    print(table(args.out, args.baseline, args.data))
 
 
 if __name__ == "__main__":

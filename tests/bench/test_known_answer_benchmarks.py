@@ -235,7 +235,7 @@ def test_oracle_column_config_is_the_shipped_hist_experiment_on_the_view(tmp_pat
     import yaml
 
     oracle = _script("oracle_column")
-    expid, interaction = oracle.make_config("DIN", tmp_path / "view", tmp_path / "config")
+    expid, interaction = oracle.make_config("DIN", tmp_path / "view", tmp_path / "config", tmp_path / "processed")
     model = yaml.safe_load((tmp_path / "config" / "model_config.yaml").read_text())
     dataset = yaml.safe_load((tmp_path / "config" / "dataset_config.yaml").read_text())["synthetic_oracle"]
     shipped = yaml.safe_load((REPO / "model_zoo/DIN/config/model_config.yaml").read_text())["DIN_HIST_synthetic"]
@@ -244,5 +244,28 @@ def test_oracle_column_config_is_the_shipped_hist_experiment_on_the_view(tmp_pat
     assert model[expid] == {**shipped, "dataset_id": "synthetic_oracle"}
     assert model[interaction] == {**model[expid], "column_interaction": True}
     assert dataset["user_info"] == str(tmp_path / "view" / "user_info.parquet")
+    assert dataset["data_root"] == str(tmp_path / "processed") + "/"
     active = [c["name"] for c in dataset["feature_cols"] if c.get("active")]
     assert "hist_ctrl" in active and "chime_hist" not in active
+    with pytest.raises(SystemExit, match="no FOO_HIST_synthetic"):
+        oracle.make_config("FOO", tmp_path / "view", tmp_path / "config", tmp_path / "processed")
+
+
+def test_oracle_column_table_pairs_every_model_in_its_runs_with_that_models_plain_rows(tmp_path):
+    oracle = _script("oracle_column")
+    (tmp_path / "summary.json").write_text('{"oracle": {"test": {"auc": 0.80}}}')
+    row = {"expid": "", "seed": 1, "test_AUC": 0.0}
+    _write_csv(tmp_path / "runs.csv", [{**row, "expid": "DIN_ORACLE_synthetic", "test_AUC": 0.72},
+                                       {**row, "expid": "DIN_ORACLE_synthetic", "seed": 2, "test_AUC": 0.74},
+                                       {**row, "expid": "TWIN_ORACLE_synthetic", "test_AUC": 0.75}])
+    _write_csv(tmp_path / "plain.csv", [{**row, "expid": "DIN_synthetic", "test_AUC": 0.70},
+                                        {**row, "expid": "DIN_synthetic", "seed": 2, "test_AUC": 0.70},
+                                        {**row, "expid": "TWIN_synthetic", "test_AUC": 0.70},
+                                        {**row, "expid": "TWIN_synthetic", "seed": 2, "test_AUC": 0.90}])
+    text = oracle.table(tmp_path, tmp_path / "plain.csv", tmp_path)
+    rows = [line for line in text.splitlines() if line.startswith("| ") and " vs " in line]
+    assert len(rows) == 2  # no interaction rows: none were run
+    assert rows[0].startswith("| DIN w/ truth (concatenated) vs DIN | 1, 2 | 0.7300 | 0.7000 | +0.0300 (+0.0200, +0.0400)")
+    assert rows[0].endswith("| 30% |")  # 0.03 / (0.80 - 0.70)
+    assert rows[1].startswith("| TWIN w/ truth (concatenated) vs TWIN | 1 | 0.7500 | 0.7000 | +0.0500 (+0.0500) | - |")
+    assert (tmp_path / "oracle_column.md").read_text() == text

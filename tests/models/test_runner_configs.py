@@ -49,9 +49,9 @@ def test_every_zoo_model_has_all_experiments():
     for model in ZOO_MODELS:
         ids = set(runner.list_experiments(REPO / "model_zoo" / model / "config"))
         expected = {f"{model}{v}_{d}" for v in ("", "_CHIME", "_LEARN") for d in DATASETS}
+        expected |= {f"{model}_HIST_synthetic"}  # the counting control on the planted log
         if model == "DIN":  # LongCTR's DIN: short_len = max_len (test_din_full_is_din_over_max_len)
             expected |= {f"DIN_full{v}_{d}" for v in ("", "_CHIME", "_LEARN") for d in DATASETS}
-            expected |= {"DIN_HIST_synthetic"}  # the counting control on the planted log
         assert ids == expected, model
         assert (REPO / "model_zoo" / model / "config" / "dataset_config").resolve() == \
             (REPO / "dataset_configs").resolve()
@@ -68,7 +68,7 @@ def test_fuxictr_load_config_and_registry(config_dir, expid):
     assert params["metrics"] == ["AUC", "gAUC", "logloss"]
     ours = runner.load_experiment(config_dir, expid)
     model_cls = runner.load_model_class(ours["model"])
-    column = {"_CHIME": "chime_hist", "_LEARN": "learn_emb"}
+    column = {"_CHIME": "chime_hist", "_LEARN": "learn_emb", "_HIST": "hist_ctrl"}
     active_cols = {n for c in params["feature_cols"] if c["active"]  # FuxiCTR's merge
                    for n in (c["name"] if isinstance(c["name"], list) else [c["name"]])}
     for suffix, name in column.items():  # "X w/ CHIME": a dataset id with the column active
