@@ -20,6 +20,11 @@ what the model does not make of it.
    its command), the table (every model in runs.csv, paired by seed with the plain model's rows of
    ``--baseline``) to ``<out>/oracle_column.md``.
 
+With ``--normalize`` each user's row is divided by its sum (it sums to 1, as ``hist_ctrl`` does;
+the raw bonuses A_u(k) sum to 12 with the default knobs): the same truth at the scale of the counting control, in
+its own view (``runs/data_normalized``), dataset id ``synthetic_oracle_normalized`` and
+experiments ``<Model>_ORACLE_normalized[_interaction]_synthetic``.
+
     .venv/bin/python benchmarks/oracle_column.py --model DIN --seeds 2024 2025 2026
 """
 from __future__ import annotations
@@ -42,20 +47,25 @@ WIDTH = 64
 COLUMN = "hist_ctrl"
 
 
-def oracle_rows(matrix: np.ndarray, user_index: np.ndarray, width: int = WIDTH) -> list[list[float]]:
+def oracle_rows(matrix: np.ndarray, user_index: np.ndarray, width: int = WIDTH,
+                normalize: bool = False) -> list[list[float]]:
     """One ``width``-float row per user: row ``user_index[i]`` of the (U+1, V) oracle ``matrix``
-    zero-padded to ``width`` (users outside the matrix: zeros)."""
+    zero-padded to ``width`` (users outside the matrix: zeros); with ``normalize`` each non-zero
+    row divided by its sum."""
     if matrix.shape[1] > width:
         raise SystemExit(f"the oracle has {matrix.shape[1]} topic codes, more than the column's {width} floats")
     padded = np.zeros((matrix.shape[0], width), dtype=np.float32)
     padded[:, : matrix.shape[1]] = matrix
+    if normalize:
+        total = padded.sum(axis=1, keepdims=True)
+        padded = np.divide(padded, total, out=np.zeros_like(padded), where=total > 0)
     out = np.zeros((len(user_index), width), dtype=np.float32)
     inside = (user_index >= 0) & (user_index < len(padded))
     out[inside] = padded[user_index[inside]]
     return out.tolist()
 
 
-def make_view(data: Path, view: Path) -> None:
+def make_view(data: Path, view: Path, normalize: bool = False) -> None:
     """``view``: links to every file of ``data`` but user_info.parquet, which gets the oracle column."""
     import pandas as pd
 
@@ -70,14 +80,15 @@ def make_view(data: Path, view: Path) -> None:
         if item.name != "user_info.parquet" and not link.exists():
             link.symlink_to(item.resolve())
     users = pd.read_parquet(data / "user_info.parquet")
-    users[COLUMN] = oracle_rows(matrix, users["user_index"].to_numpy())
+    users[COLUMN] = oracle_rows(matrix, users["user_index"].to_numpy(), normalize=normalize)
     write_parquet_atomic(users, view / "user_info.parquet")  # a unique temporary name: instances may run at once
 
 
-def make_config(model: str, view: Path, folder: Path, data_root: Path) -> list[str]:
+def make_config(model: str, view: Path, folder: Path, data_root: Path, normalized: bool = False) -> list[str]:
     """A config folder with ``<model>_ORACLE_synthetic`` (the spec's column) and
     ``<model>_ORACLE_interaction_synthetic`` (``column_interaction: True``), its processed data
-    under ``data_root``; returns both ids."""
+    under ``data_root``; returns both ids. ``normalized``: ``_ORACLE_normalized`` in the ids and
+    dataset id ``synthetic_oracle_normalized`` (the view of ``--normalize``)."""
     import yaml
 
     zoo_file = ROOT / "model_zoo" / model / "config" / "model_config.yaml"
@@ -85,15 +96,17 @@ def make_config(model: str, view: Path, folder: Path, data_root: Path) -> list[s
     if f"{model}_HIST_synthetic" not in zoo:
         raise SystemExit(f"{zoo_file}: no {model}_HIST_synthetic experiment (--model must be a zoo model)")
     datasets = yaml.safe_load((ROOT / "dataset_configs" / "synthetic.yaml").read_text())
-    expid, interaction = f"{model}_ORACLE_synthetic", f"{model}_ORACLE_interaction_synthetic"
-    experiment = dict(zoo[f"{model}_HIST_synthetic"], dataset_id="synthetic_oracle")
+    tag = "_normalized" if normalized else ""
+    expid, interaction = f"{model}_ORACLE{tag}_synthetic", f"{model}_ORACLE{tag}_interaction_synthetic"
+    dataset_id = f"synthetic_oracle{tag}"
+    experiment = dict(zoo[f"{model}_HIST_synthetic"], dataset_id=dataset_id)
     dataset = dict(datasets["synthetic_hist"], data_root=str(data_root) + "/")
     for key in ("train_data", "valid_data", "test_data", "user_info", "item_info"):
         dataset[key] = str(view / Path(dataset[key]).name)
     folder.mkdir(parents=True, exist_ok=True)
     write_yaml_atomic(folder / "model_config.yaml",
                       {"Base": zoo["Base"], expid: experiment, interaction: {**experiment, "column_interaction": True}})
-    write_yaml_atomic(folder / "dataset_config.yaml", {"synthetic_oracle": dataset})
+    write_yaml_atomic(folder / "dataset_config.yaml", {dataset_id: dataset})
     return [expid, interaction]
 
 
@@ -122,11 +135,14 @@ def table(out: Path, baseline: Path, data: Path) -> str:
              f"model with the same seeds (test AUC; oracle {oracle:.4f}; one-sided paired t-test; share = (w/ truth - "
              "plain) / (oracle - plain)). `concatenated`: the column enters the final MLP like `chime_hist` (the "
              "spec); `column_interaction`: the MLP also gets the column's embedding times a projection of the "
-             "target item.", "",
+             "target item; `normalized`: each user's row divided by its sum (1, as `hist_ctrl`; the raw bonuses "
+             "sum to 12 with the default knobs).", "",
              "| comparison | seeds | w/ truth AUC | plain AUC | difference (per seed) | p | share of plain-to-oracle gap |",
              "|---|---|---|---|---|---|---|"]
-    for model, label in ((m, label) for m in models for label in ("concatenated", "column_interaction")):
-        expid = f"{model}_ORACLE_synthetic" if label == "concatenated" else f"{model}_ORACLE_interaction_synthetic"
+    variants = {"concatenated": "", "column_interaction": "_interaction", "normalized, concatenated": "_normalized",
+                "normalized, column_interaction": "_normalized_interaction"}
+    for model, label in ((m, label) for m in models for label in variants):
+        expid = f"{model}_ORACLE{variants[label]}_synthetic"
         mine, base = read_auc(out / "runs.csv", expid), read_auc(baseline, f"{model}_synthetic")
         seeds = sorted(set(mine) & set(base))
         if not seeds:
@@ -137,7 +153,7 @@ def table(out: Path, baseline: Path, data: Path) -> str:
                      f"{b.mean():.4f} | {a.mean() - b.mean():+.4f} ({', '.join(f'{d:+.4f}' for d in a - b)}) | "
                      f"{'-' if p is None else f'{p:.3f}'} | {(a.mean() - b.mean()) / (oracle - b.mean()):.0%} |")
     text = "\n".join([*lines, "", "Written by `python benchmarks/oracle_column.py --model MODEL [--interaction] "
-                                  "--seeds ...`; each run's command is in runs.csv."]) + "\n"
+                                  "[--normalize] --seeds ...`; each run's command is in runs.csv."]) + "\n"
     write_text_atomic(out / "oracle_column.md", text)
     return text
 
@@ -154,13 +170,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/oracle_column")
     parser.add_argument("--interaction", action="store_true",
                         help="run the column_interaction experiment instead of the spec's concatenation")
+    parser.add_argument("--normalize", action="store_true",
+                        help="divide each user's truth row by its sum (the scale of hist_ctrl)")
     parser.add_argument("--table-only", action="store_true")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     if not args.table_only:
-        view, config = args.out / "runs" / "data", args.out / "runs" / "config" / args.model
-        make_view(args.data, view)
-        expid = make_config(args.model, view, config, args.out / "runs" / "processed")[1 if args.interaction else 0]
+        tag = "_normalized" if args.normalize else ""
+        view, config = args.out / "runs" / f"data{tag}", args.out / "runs" / "config" / f"{args.model}{tag}"
+        make_view(args.data, view, normalize=args.normalize)
+        expid = make_config(args.model, view, config, args.out / "runs" / "processed",
+                            normalized=args.normalize)[1 if args.interaction else 0]
         env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
         done = read_auc(args.out / "runs.csv", expid)
         for seed in args.seeds:

@@ -5,7 +5,8 @@ For each model and seed, ``fuxictr-chime run --config model_zoo/<M>/config --exp
 ``data/synthetic`` from ``fuxictr-chime prepare synthetic --out data/synthetic``). Every run's row
 goes to ``<out>/runs.csv`` (the runner's result CSV: test AUC, logloss, epochs run, best epoch,
 stopped early, base-rate logloss); finished (expid, seed) pairs are skipped, so a rerun resumes.
-Then ``<out>/synthetic_rankers.md`` gives, per experiment, the mean and standard deviation of the
+Then ``<out>/synthetic_rankers.md`` gives, per experiment of runs.csv (those of ``--experiments``
+first), the mean and standard deviation of the
 test AUC over seeds and the share of the gap between 0.5 and the oracle's test AUC that it closes
 (``summary.json``), beside the references of the same file (popularity, count, partial oracles).
 
@@ -142,9 +143,13 @@ def paired_lines(rows: dict[str, list[dict]], baseline: dict[str, list[dict]], d
 
 
 def table(out: Path, data: Path, dataset_id: str, experiments: list[str], baseline: Path | None = None) -> str:
+    """``experiments`` first, then every other experiment of ``dataset_id`` in ``<out>/runs.csv`` (in
+    order of its first row): a run of a few experiments rewrites the whole table, not a part."""
     summary = json.loads((data / "summary.json").read_text())
     oracle = summary["oracle"]["test"]["auc"]
     rows = read_runs(out / "runs.csv")
+    suffix = f"_{dataset_id}"
+    experiments = list(dict.fromkeys([*experiments, *(e[: -len(suffix)] for e in rows if e.endswith(suffix))]))
 
     def gap(auc: float) -> float:
         return (auc - 0.5) / (oracle - 0.5)

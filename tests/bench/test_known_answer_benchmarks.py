@@ -39,11 +39,16 @@ def test_synthetic_rankers_table_reports_the_mean_and_its_share_of_the_oracle_ga
         "references": {"test": {"count": {"auc": 0.7, "gap_closed": 0.5}}}}))
     row = {"expid": "TWIN_synthetic", "seed": 1, "test_AUC": 0.68, "test_logloss": 0.6, "epochs_run": 5,
            "best_epoch": 3, "stopped_early": "True"}
-    _write_csv(tmp_path / "runs.csv", [row, {**row, "seed": 2, "test_AUC": 0.72, "stopped_early": "False"}])
+    _write_csv(tmp_path / "runs.csv", [{**row, "expid": "SDIM_synthetic", "test_AUC": 0.6}, row,
+                                       {**row, "seed": 2, "test_AUC": 0.72, "stopped_early": "False"},
+                                       {**row, "expid": "TWIN_other", "test_AUC": 0.5}])
     text = rankers.table(tmp_path, data, "synthetic", ["TWIN", "DIN"])
     # mean 0.70 closes (0.70 - 0.5) / (0.9 - 0.5) = 50%; sd of (0.68, 0.72) = 0.0283
     assert "| TWIN | 2 | 0.7000 ± 0.0283 | 50% | 0.6000 | 5 (3), 5 (3) | 1/2 |" in text
     assert "| DIN |" not in text  # no rows, no line
+    # an experiment of the same dataset that was not asked for still has its line, after those asked for
+    assert text.index("| TWIN | 2 |") < text.index("| SDIM | 1 | 0.6000 ± 0.0000 | 25% |")
+    assert "| TWIN | 1 |" not in text and "0.5000 ± " not in text  # TWIN_other: another dataset id
     assert "| count | 0.7000 | 50% |" in text and "| oracle | 0.9000 | 100% |" in text
 
 
@@ -227,6 +232,9 @@ def test_oracle_column_rows_are_each_users_truth_padded_to_the_column_width():
     matrix = np.array([[0, 0, 0], [0, 2.5, 0], [0, 0, 4.0]], dtype=np.float32)  # (U+1, V): users 1, 2
     rows = oracle.oracle_rows(matrix, np.array([2, 1, 7, 0]), width=5)
     assert rows == [[0, 0, 4.0, 0, 0], [0, 2.5, 0, 0, 0], [0] * 5, [0] * 5]  # user 7 has no truth: zeros
+    matrix[2, 0] = 1.0  # user 2: bonuses 1 and 4 -> 0.2 and 0.8; all-zero rows stay zero
+    rows = oracle.oracle_rows(matrix, np.array([2, 1, 7, 0]), width=4, normalize=True)
+    assert np.allclose(rows, [[0.2, 0, 0.8, 0], [0, 1, 0, 0], [0] * 4, [0] * 4])
     with pytest.raises(SystemExit, match="more than the column"):
         oracle.oracle_rows(matrix, np.array([1]), width=2)
 
@@ -247,6 +255,12 @@ def test_oracle_column_config_is_the_shipped_hist_experiment_on_the_view(tmp_pat
     assert dataset["data_root"] == str(tmp_path / "processed") + "/"
     active = [c["name"] for c in dataset["feature_cols"] if c.get("active")]
     assert "hist_ctrl" in active and "chime_hist" not in active
+    ids = oracle.make_config("DIN", tmp_path / "view_n", tmp_path / "config_n", tmp_path / "processed", normalized=True)
+    assert ids == ["DIN_ORACLE_normalized_synthetic", "DIN_ORACLE_normalized_interaction_synthetic"]
+    model_n = yaml.safe_load((tmp_path / "config_n" / "model_config.yaml").read_text())
+    assert model_n[ids[0]] == {**shipped, "dataset_id": "synthetic_oracle_normalized"}
+    datasets_n = yaml.safe_load((tmp_path / "config_n" / "dataset_config.yaml").read_text())
+    assert datasets_n["synthetic_oracle_normalized"]["user_info"] == str(tmp_path / "view_n" / "user_info.parquet")
     with pytest.raises(SystemExit, match="no FOO_HIST_synthetic"):
         oracle.make_config("FOO", tmp_path / "view", tmp_path / "config", tmp_path / "processed")
 
@@ -257,15 +271,17 @@ def test_oracle_column_table_pairs_every_model_in_its_runs_with_that_models_plai
     row = {"expid": "", "seed": 1, "test_AUC": 0.0}
     _write_csv(tmp_path / "runs.csv", [{**row, "expid": "DIN_ORACLE_synthetic", "test_AUC": 0.72},
                                        {**row, "expid": "DIN_ORACLE_synthetic", "seed": 2, "test_AUC": 0.74},
-                                       {**row, "expid": "TWIN_ORACLE_synthetic", "test_AUC": 0.75}])
+                                       {**row, "expid": "TWIN_ORACLE_synthetic", "test_AUC": 0.75},
+                                       {**row, "expid": "TWIN_ORACLE_normalized_synthetic", "test_AUC": 0.78}])
     _write_csv(tmp_path / "plain.csv", [{**row, "expid": "DIN_synthetic", "test_AUC": 0.70},
                                         {**row, "expid": "DIN_synthetic", "seed": 2, "test_AUC": 0.70},
                                         {**row, "expid": "TWIN_synthetic", "test_AUC": 0.70},
                                         {**row, "expid": "TWIN_synthetic", "seed": 2, "test_AUC": 0.90}])
     text = oracle.table(tmp_path, tmp_path / "plain.csv", tmp_path)
     rows = [line for line in text.splitlines() if line.startswith("| ") and " vs " in line]
-    assert len(rows) == 2  # no interaction rows: none were run
+    assert len(rows) == 3  # no interaction rows: none were run
     assert rows[0].startswith("| DIN w/ truth (concatenated) vs DIN | 1, 2 | 0.7300 | 0.7000 | +0.0300 (+0.0200, +0.0400)")
     assert rows[0].endswith("| 30% |")  # 0.03 / (0.80 - 0.70)
     assert rows[1].startswith("| TWIN w/ truth (concatenated) vs TWIN | 1 | 0.7500 | 0.7000 | +0.0500 (+0.0500) | - |")
+    assert rows[2].startswith("| TWIN w/ truth (normalized, concatenated) vs TWIN | 1 | 0.7800 | 0.7000 | +0.0800")
     assert (tmp_path / "oracle_column.md").read_text() == text

@@ -52,6 +52,7 @@ def test_every_zoo_model_has_all_experiments():
         expected |= {f"{model}_HIST_synthetic"}  # the counting control on the planted log
         if model == "DIN":  # LongCTR's DIN: short_len = max_len (test_din_full_is_din_over_max_len)
             expected |= {f"DIN_full{v}_{d}" for v in ("", "_CHIME", "_LEARN") for d in DATASETS}
+            expected |= {"DIN_softmax_synthetic", "DIN_full_softmax_synthetic"}  # test_din_softmax_pair
         assert ids == expected, model
         assert (REPO / "model_zoo" / model / "config" / "dataset_config").resolve() == \
             (REPO / "dataset_configs").resolve()
@@ -75,7 +76,7 @@ def test_fuxictr_load_config_and_registry(config_dir, expid):
         assert (name in active_cols) == (suffix in expid), (expid, params["dataset_id"], active_cols)
         assert not any(spec.get("name") == name for spec in params.get("feature_specs") or [])
     if config_dir.parent.name in ZOO_MODELS:
-        assert ours["model"] == expid.rsplit("_", 1)[0].replace("DIN_full", "DIN")
+        assert ours["model"] == expid.rsplit("_", 1)[0].replace("_softmax", "").replace("DIN_full", "DIN")
         assert model_cls.__name__ == ours["model"]
     unknown = set(params) - RUN_KEYS - _init_parameters(model_cls) - \
         _dataset_keys(config_dir, params["dataset_id"])
@@ -126,6 +127,17 @@ def test_din_full_is_din_over_max_len(dataset, variant):
     din = runner.load_experiment(config_dir, f"DIN{variant}_{dataset}")
     assert full["short_len"] == full["max_len"] == din["max_len"] and din["short_len"] < din["max_len"]
     assert {k for k in set(full) | set(din) if full.get(k) != din.get(k)} == {"short_len", "model_id"}
+
+
+@pytest.mark.parametrize("length", ["", "_full"])
+def test_din_softmax_pair(length):
+    """DIN[_full]_softmax_synthetic = DIN[_full]_synthetic with DIN's softmax weighting; nothing else
+    differs (the pair that separates the attention's normalization from the sequence length)."""
+    config_dir = REPO / "model_zoo" / "DIN" / "config"
+    soft = runner.load_experiment(config_dir, f"DIN{length}_softmax_synthetic")
+    plain = runner.load_experiment(config_dir, f"DIN{length}_synthetic")
+    assert soft["din_use_softmax"] is True and plain["din_use_softmax"] is False
+    assert {k for k in set(soft) | set(plain) if soft.get(k) != plain.get(k)} == {"din_use_softmax", "model_id"}
 
 
 def _init_parameters(cls: type) -> set[str]:
