@@ -52,7 +52,8 @@ def test_every_zoo_model_has_all_experiments():
         expected |= {f"{model}_HIST_synthetic"}  # the counting control on the planted log
         if model == "DIN":  # LongCTR's DIN: short_len = max_len (test_din_full_is_din_over_max_len)
             expected |= {f"DIN_full{v}_{d}" for v in ("", "_CHIME", "_LEARN") for d in DATASETS}
-            expected |= {"DIN_softmax_synthetic", "DIN_full_softmax_synthetic"}  # test_din_softmax_pair
+            expected |= {"DIN_softmax_synthetic", "DIN_full_softmax_synthetic",  # test_din_softmax_pair
+                         "DIN_softmax_CHIME_synthetic", "DIN_softmax_HIST_synthetic"}
         assert ids == expected, model
         assert (REPO / "model_zoo" / model / "config" / "dataset_config").resolve() == \
             (REPO / "dataset_configs").resolve()
@@ -129,13 +130,15 @@ def test_din_full_is_din_over_max_len(dataset, variant):
     assert {k for k in set(full) | set(din) if full.get(k) != din.get(k)} == {"short_len", "model_id"}
 
 
-@pytest.mark.parametrize("length", ["", "_full"])
-def test_din_softmax_pair(length):
-    """DIN[_full]_softmax_synthetic = DIN[_full]_synthetic with DIN's softmax weighting; nothing else
-    differs (the pair that separates the attention's normalization from the sequence length)."""
+@pytest.mark.parametrize("base", ["DIN", "DIN_full", "DIN_CHIME", "DIN_HIST"])
+def test_din_softmax_pair(base):
+    """DIN[_full]_softmax[_CHIME|_HIST]_synthetic = the same experiment without ``_softmax`` but with
+    DIN's softmax weighting; nothing else differs (the pair that separates the attention's
+    normalization from the sequence length, and the column's gain on either DIN)."""
     config_dir = REPO / "model_zoo" / "DIN" / "config"
-    soft = runner.load_experiment(config_dir, f"DIN{length}_softmax_synthetic")
-    plain = runner.load_experiment(config_dir, f"DIN{length}_synthetic")
+    name = base.replace("DIN_full", "DIN_full_softmax") if "full" in base else base.replace("DIN", "DIN_softmax")
+    soft = runner.load_experiment(config_dir, f"{name}_synthetic")
+    plain = runner.load_experiment(config_dir, f"{base}_synthetic")
     assert soft["din_use_softmax"] is True and plain["din_use_softmax"] is False
     assert {k for k in set(soft) | set(plain) if soft.get(k) != plain.get(k)} == {"din_use_softmax", "model_id"}
 
