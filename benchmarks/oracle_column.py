@@ -21,9 +21,9 @@ what the model does not make of it.
    ``--baseline``) to ``<out>/oracle_column.md``.
 
 With ``--normalize`` each user's row is divided by its sum (it sums to 1, as ``hist_ctrl`` does;
-the raw bonuses A_u(k) sum to 12 with the default knobs): the same truth at the scale of the counting control, in
-its own view (``runs/data_normalized``), dataset id ``synthetic_oracle_normalized`` and
-experiments ``<Model>_ORACLE_normalized[_interaction]_synthetic``.
+the raw bonuses A_u(k) sum to 12 with the default knobs): the same truth at the scale of the
+counting control, in its own view (``runs/data_normalized``), dataset id
+``synthetic_oracle_normalized`` and experiments ``<Model>_ORACLE_normalized[_interaction]_synthetic``.
 
     .venv/bin/python benchmarks/oracle_column.py --model DIN --seeds 2024 2025 2026
 """

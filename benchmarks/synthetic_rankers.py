@@ -6,9 +6,9 @@ For each model and seed, ``fuxictr-chime run --config model_zoo/<M>/config --exp
 goes to ``<out>/runs.csv`` (the runner's result CSV: test AUC, logloss, epochs run, best epoch,
 stopped early, base-rate logloss); finished (expid, seed) pairs are skipped, so a rerun resumes.
 Then ``<out>/synthetic_rankers.md`` gives, per experiment of runs.csv (those of ``--experiments``
-first), the mean and standard deviation of the
-test AUC over seeds and the share of the gap between 0.5 and the oracle's test AUC that it closes
-(``summary.json``), beside the references of the same file (popularity, count, partial oracles).
+first), the mean and standard deviation of the test AUC over seeds and the share of the gap
+between 0.5 and the oracle's test AUC that it closes (``summary.json``), beside the references of
+the same file (popularity, count, partial oracles).
 
 The default grid is the acceptance of issue 12: SimSoft, ETA, SDIM and TWIN (each must close at
 least half of the gap, mean of 3 seeds) and DIN over the last 30 behaviours next to DIN over the
