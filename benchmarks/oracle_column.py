@@ -26,6 +26,9 @@ counting control, in its own view (``runs/data_normalized``), dataset id
 ``synthetic_oracle_normalized`` and experiments ``<Model>_ORACLE_normalized[_interaction]_synthetic``.
 
     .venv/bin/python benchmarks/oracle_column.py --model DIN --seeds 2024 2025 2026
+
+``--model`` may also name an experiment prefix of a zoo file, e.g. ``DIN_softmax`` (the truth column
+on ``DIN_softmax_HIST_synthetic``, paired with ``DIN_softmax_synthetic``).
 """
 from __future__ import annotations
 
@@ -84,6 +87,21 @@ def make_view(data: Path, view: Path, normalize: bool = False) -> None:
     write_parquet_atomic(users, view / "user_info.parquet")  # a unique temporary name: instances may run at once
 
 
+def zoo_with(expid: str) -> tuple[Path, dict]:
+    """The zoo file (``model_zoo/<Model>/config/model_config.yaml``) that defines ``expid``, and its
+    experiments; the file of the model named by ``expid``'s first word is read first."""
+    import yaml
+
+    first = ROOT / "model_zoo" / expid.split("_")[0] / "config" / "model_config.yaml"
+    files = [first] + sorted(f for f in (ROOT / "model_zoo").glob("*/config/model_config.yaml") if f != first)
+    for zoo_file in (f for f in files if f.exists()):
+        zoo = yaml.safe_load(zoo_file.read_text()) or {}
+        if expid in zoo:
+            return zoo_file, zoo
+    raise SystemExit(f"{ROOT / 'model_zoo'}/*/config/model_config.yaml: no {expid} experiment "
+                     "(--model must be a zoo model or experiment prefix, e.g. DIN or DIN_softmax)")
+
+
 def make_config(model: str, view: Path, folder: Path, data_root: Path, normalized: bool = False) -> list[str]:
     """A config folder with ``<model>_ORACLE_synthetic`` (the spec's column) and
     ``<model>_ORACLE_interaction_synthetic`` (``column_interaction: True``), its processed data
@@ -91,10 +109,7 @@ def make_config(model: str, view: Path, folder: Path, data_root: Path, normalize
     dataset id ``synthetic_oracle_normalized`` (the view of ``--normalize``)."""
     import yaml
 
-    zoo_file = ROOT / "model_zoo" / model / "config" / "model_config.yaml"
-    zoo = yaml.safe_load(zoo_file.read_text()) if zoo_file.exists() else {}
-    if f"{model}_HIST_synthetic" not in zoo:
-        raise SystemExit(f"{zoo_file}: no {model}_HIST_synthetic experiment (--model must be a zoo model)")
+    _, zoo = zoo_with(f"{model}_HIST_synthetic")
     datasets = yaml.safe_load((ROOT / "dataset_configs" / "synthetic.yaml").read_text())
     tag = "_normalized" if normalized else ""
     expid, interaction = f"{model}_ORACLE{tag}_synthetic", f"{model}_ORACLE{tag}_interaction_synthetic"
@@ -162,7 +177,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=ROOT / "data/synthetic", help="a prepared planted log")
-    parser.add_argument("--model", default="DIN", help="zoo model with a <Model>_HIST_synthetic experiment")
+    parser.add_argument("--model", default="DIN",
+                        help="zoo model or experiment prefix (e.g. DIN_softmax) with a <MODEL>_HIST_synthetic "
+                             "experiment; --baseline must hold its plain <MODEL>_synthetic rows")
     parser.add_argument("--seeds", type=int, nargs="+", default=[2024, 2025, 2026])
     parser.add_argument("--baseline", type=Path, default=ROOT / "benchmarks/results/synthetic_rankers/runs.csv",
                         help="runs.csv with the plain <Model>_synthetic rows")

@@ -263,6 +263,17 @@ def test_oracle_column_config_is_the_shipped_hist_experiment_on_the_view(tmp_pat
     assert datasets_n["synthetic_oracle_normalized"]["user_info"] == str(tmp_path / "view_n" / "user_info.parquet")
     with pytest.raises(SystemExit, match="no FOO_HIST_synthetic"):
         oracle.make_config("FOO", tmp_path / "view", tmp_path / "config", tmp_path / "processed")
+    # an experiment prefix of a zoo file: the truth on the softmax DIN's HIST experiment
+    ids = oracle.make_config("DIN_softmax", tmp_path / "view_s", tmp_path / "config_s", tmp_path / "processed",
+                             normalized=True)
+    assert ids == ["DIN_softmax_ORACLE_normalized_synthetic", "DIN_softmax_ORACLE_normalized_interaction_synthetic"]
+    softmax = yaml.safe_load((REPO / "model_zoo/DIN/config/model_config.yaml").read_text())["DIN_softmax_HIST_synthetic"]
+    model_s = yaml.safe_load((tmp_path / "config_s" / "model_config.yaml").read_text())
+    assert model_s[ids[0]] == {**softmax, "dataset_id": "synthetic_oracle_normalized"}
+    assert model_s[ids[0]]["din_use_softmax"] is True
+    twin = oracle.make_config("TWIN", tmp_path / "view_t", tmp_path / "config_t", tmp_path / "processed")
+    model_t = yaml.safe_load((tmp_path / "config_t" / "model_config.yaml").read_text())
+    assert model_t[twin[0]]["model"] == "TWIN_HIST"  # TWIN's own zoo file, not DIN's
 
 
 def test_oracle_column_table_pairs_every_model_in_its_runs_with_that_models_plain_rows(tmp_path):
@@ -272,16 +283,20 @@ def test_oracle_column_table_pairs_every_model_in_its_runs_with_that_models_plai
     _write_csv(tmp_path / "runs.csv", [{**row, "expid": "DIN_ORACLE_synthetic", "test_AUC": 0.72},
                                        {**row, "expid": "DIN_ORACLE_synthetic", "seed": 2, "test_AUC": 0.74},
                                        {**row, "expid": "TWIN_ORACLE_synthetic", "test_AUC": 0.75},
-                                       {**row, "expid": "TWIN_ORACLE_normalized_synthetic", "test_AUC": 0.78}])
+                                       {**row, "expid": "TWIN_ORACLE_normalized_synthetic", "test_AUC": 0.78},
+                                       {**row, "expid": "DIN_softmax_ORACLE_normalized_synthetic", "test_AUC": 0.76}])
     _write_csv(tmp_path / "plain.csv", [{**row, "expid": "DIN_synthetic", "test_AUC": 0.70},
                                         {**row, "expid": "DIN_synthetic", "seed": 2, "test_AUC": 0.70},
                                         {**row, "expid": "TWIN_synthetic", "test_AUC": 0.70},
-                                        {**row, "expid": "TWIN_synthetic", "seed": 2, "test_AUC": 0.90}])
+                                        {**row, "expid": "TWIN_synthetic", "seed": 2, "test_AUC": 0.90},
+                                        {**row, "expid": "DIN_softmax_synthetic", "test_AUC": 0.71}])
     text = oracle.table(tmp_path, tmp_path / "plain.csv", tmp_path)
     rows = [line for line in text.splitlines() if line.startswith("| ") and " vs " in line]
-    assert len(rows) == 3  # no interaction rows: none were run
+    assert len(rows) == 4  # no interaction rows: none were run
     assert rows[0].startswith("| DIN w/ truth (concatenated) vs DIN | 1, 2 | 0.7300 | 0.7000 | +0.0300 (+0.0200, +0.0400)")
     assert rows[0].endswith("| 30% |")  # 0.03 / (0.80 - 0.70)
     assert rows[1].startswith("| TWIN w/ truth (concatenated) vs TWIN | 1 | 0.7500 | 0.7000 | +0.0500 (+0.0500) | - |")
     assert rows[2].startswith("| TWIN w/ truth (normalized, concatenated) vs TWIN | 1 | 0.7800 | 0.7000 | +0.0800")
+    assert rows[3].startswith("| DIN_softmax w/ truth (normalized, concatenated) vs DIN_softmax | 1 | 0.7600 | "
+                              "0.7100 | +0.0500")  # paired with DIN_softmax_synthetic, not DIN_synthetic
     assert (tmp_path / "oracle_column.md").read_text() == text
