@@ -48,10 +48,13 @@ VARIANT_SUFFIXES = ("_CHIME", "_LEARN", "_HIST", "_STATS")
 
 
 def plain_of(experiment: str) -> str | None:
-    """The plain experiment of a "w/ X" experiment (DIN_full_CHIME -> DIN_full); None when plain."""
+    """The plain experiment of a "w/ X" experiment (DIN_full_CHIME -> DIN_full); None when plain.
+    An ``_interaction`` before the suffix (``column_interaction: True``, which only acts on the
+    column) has the same plain model: DIN_softmax_interaction_CHIME -> DIN_softmax."""
     for suffix in VARIANT_SUFFIXES:
         if experiment.endswith(suffix):
-            return experiment[: -len(suffix)]
+            plain = experiment[: -len(suffix)]
+            return plain[: -len("_interaction")] if plain.endswith("_interaction") else plain
     return None
 
 

@@ -56,6 +56,7 @@ def test_synthetic_rankers_pairs_each_variant_with_its_plain_model_by_seed(tmp_p
     rankers = _script("synthetic_rankers")
     assert rankers.plain_of("DIN_full_CHIME") == "DIN_full" and rankers.plain_of("TWIN_HIST") == "TWIN"
     assert rankers.plain_of("DIN_full") is None
+    assert rankers.plain_of("DIN_softmax_interaction_CHIME") == "DIN_softmax"  # the product acts on the column only
     data = tmp_path / "data"
     data.mkdir()
     (data / "summary.json").write_text(json.dumps({"oracle": {"test": {"auc": 0.9, "base_logloss": 0.69}}}))

@@ -53,7 +53,9 @@ def test_every_zoo_model_has_all_experiments():
         if model == "DIN":  # LongCTR's DIN: short_len = max_len (test_din_full_is_din_over_max_len)
             expected |= {f"DIN_full{v}_{d}" for v in ("", "_CHIME", "_LEARN") for d in DATASETS}
             expected |= {"DIN_softmax_synthetic", "DIN_full_softmax_synthetic",  # test_din_softmax_pair
-                         "DIN_softmax_CHIME_synthetic", "DIN_softmax_HIST_synthetic"}
+                         "DIN_softmax_CHIME_synthetic", "DIN_softmax_HIST_synthetic",
+                         "DIN_softmax_interaction_CHIME_synthetic",  # test_din_softmax_interaction_pair
+                         "DIN_softmax_interaction_HIST_synthetic"}
         assert ids == expected, model
         assert (REPO / "model_zoo" / model / "config" / "dataset_config").resolve() == \
             (REPO / "dataset_configs").resolve()
@@ -77,7 +79,8 @@ def test_fuxictr_load_config_and_registry(config_dir, expid):
         assert (name in active_cols) == (suffix in expid), (expid, params["dataset_id"], active_cols)
         assert not any(spec.get("name") == name for spec in params.get("feature_specs") or [])
     if config_dir.parent.name in ZOO_MODELS:
-        assert ours["model"] == expid.rsplit("_", 1)[0].replace("_softmax", "").replace("DIN_full", "DIN")
+        assert ours["model"] == expid.rsplit("_", 1)[0].replace("_softmax", "").replace("_interaction", "") \
+            .replace("DIN_full", "DIN")
         assert model_cls.__name__ == ours["model"]
     unknown = set(params) - RUN_KEYS - _init_parameters(model_cls) - \
         _dataset_keys(config_dir, params["dataset_id"])
@@ -141,6 +144,22 @@ def test_din_softmax_pair(base):
     plain = runner.load_experiment(config_dir, f"{base}_synthetic")
     assert soft["din_use_softmax"] is True and plain["din_use_softmax"] is False
     assert {k for k in set(soft) | set(plain) if soft.get(k) != plain.get(k)} == {"din_use_softmax", "model_id"}
+
+
+@pytest.mark.parametrize("variant", ["_CHIME", "_HIST"])
+def test_din_softmax_interaction_pair(variant):
+    """DIN_softmax_interaction{_CHIME,_HIST}_synthetic = DIN_softmax{variant}_synthetic with
+    ``column_interaction: True`` and nothing else changed; the switch stays off in every other
+    experiment of the zoo."""
+    config_dir = REPO / "model_zoo" / "DIN" / "config"
+    product = runner.load_experiment(config_dir, f"DIN_softmax_interaction{variant}_synthetic")
+    concat = runner.load_experiment(config_dir, f"DIN_softmax{variant}_synthetic")
+    assert product["column_interaction"] is True and not concat.get("column_interaction", False)
+    assert {k for k in set(product) | set(concat) if product.get(k) != concat.get(k)} == \
+        {"column_interaction", "model_id"}
+    for config_dir, expid in ALL:
+        if "_interaction" not in expid:
+            assert not runner.load_experiment(config_dir, expid).get("column_interaction", False), expid
 
 
 def _init_parameters(cls: type) -> set[str]:
