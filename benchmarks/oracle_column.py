@@ -87,9 +87,9 @@ def make_view(data: Path, view: Path, normalize: bool = False) -> None:
     write_parquet_atomic(users, view / "user_info.parquet")  # a unique temporary name: instances may run at once
 
 
-def zoo_with(expid: str) -> tuple[Path, dict]:
-    """The zoo file (``model_zoo/<Model>/config/model_config.yaml``) that defines ``expid``, and its
-    experiments; the file of the model named by ``expid``'s first word is read first."""
+def zoo_with(expid: str) -> dict:
+    """The experiments of the zoo file (``model_zoo/<Model>/config/model_config.yaml``) that
+    defines ``expid``; the file of the model named by ``expid``'s first word is read first."""
     import yaml
 
     first = ROOT / "model_zoo" / expid.split("_")[0] / "config" / "model_config.yaml"
@@ -97,7 +97,7 @@ def zoo_with(expid: str) -> tuple[Path, dict]:
     for zoo_file in (f for f in files if f.exists()):
         zoo = yaml.safe_load(zoo_file.read_text()) or {}
         if expid in zoo:
-            return zoo_file, zoo
+            return zoo
     raise SystemExit(f"{ROOT / 'model_zoo'}/*/config/model_config.yaml: no {expid} experiment "
                      "(--model must be a zoo model or experiment prefix, e.g. DIN or DIN_softmax)")
 
@@ -109,7 +109,7 @@ def make_config(model: str, view: Path, folder: Path, data_root: Path, normalize
     dataset id ``synthetic_oracle_normalized`` (the view of ``--normalize``)."""
     import yaml
 
-    _, zoo = zoo_with(f"{model}_HIST_synthetic")
+    zoo = zoo_with(f"{model}_HIST_synthetic")
     datasets = yaml.safe_load((ROOT / "dataset_configs" / "synthetic.yaml").read_text())
     tag = "_normalized" if normalized else ""
     expid, interaction = f"{model}_ORACLE{tag}_synthetic", f"{model}_ORACLE{tag}_interaction_synthetic"
@@ -195,9 +195,9 @@ def main(argv: list[str] | None = None) -> None:
     if not args.table_only:
         tag = "_normalized" if args.normalize else ""
         view, config = args.out / "runs" / f"data{tag}", args.out / "runs" / "config" / f"{args.model}{tag}"
+        expid = make_config(args.model, view, config, args.out / "runs" / "processed",  # an unknown --model
+                            normalized=args.normalize)[1 if args.interaction else 0]  # stops before the view
         make_view(args.data, view, normalize=args.normalize)
-        expid = make_config(args.model, view, config, args.out / "runs" / "processed",
-                            normalized=args.normalize)[1 if args.interaction else 0]
         env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
         done = read_auc(args.out / "runs.csv", expid)
         for seed in args.seeds:
