@@ -238,7 +238,10 @@ class OptimConfig(_Section):
     parameters, cosine schedule after 50 warm-up steps, 4 micro-batches of 8 users per step,
     no weight decay, gradient clipping at 1.0 (LLaMA-Factory's default), one epoch unless
     ``max_steps``; eval every 100 steps on ``eval_users`` (< 1: a fraction of the users, >= 1: a
-    count); the most recent ``max_len`` = 1000 behaviors per user."""
+    count); the most recent ``max_len`` = 1000 behaviors per user. ``cpu_threads``: torch's
+    intra-op thread count while training or exporting on CPU (null: torch's default, one per
+    core). A CPU run repeats to the digit only for a fixed thread count, because float sums
+    then run in the same order; pin it to make a run repeat on machines with other core counts."""
 
     section: typing.ClassVar[str] = "optim"
     lr_new: float = 7e-4
@@ -255,6 +258,7 @@ class OptimConfig(_Section):
     max_len: int = 1000
     seed: int = 2019
     max_grad_norm: float | None = 1.0
+    cpu_threads: int | None = None
 
     def __post_init__(self) -> None:
         self._require(self.lr_new > 0 and self.lr_pretrained >= 0, "lr_new",
@@ -271,6 +275,9 @@ class OptimConfig(_Section):
         self._require(self.weight_decay >= 0, "weight_decay", "must be >= 0")
         self._require(self.max_grad_norm is None or self.max_grad_norm > 0, "max_grad_norm",
                       "must be positive or null (no clipping)")
+        self._require(self.cpu_threads is None or (isinstance(self.cpu_threads, int) and not isinstance(self.cpu_threads, bool)
+                                                    and self.cpu_threads > 0),
+                      "cpu_threads", "must be a positive whole number or null (torch's default)")
 
 
 _SECTIONS: dict[str, type[_Section]] = {

@@ -42,7 +42,7 @@ from . import diagnostics
 from .checkpoint import check_fingerprint, data_fingerprint, load_checkpoint
 from .data import RepresentationData
 from .registry import get_compressor
-from .train import _split_users, move_batch
+from .train import _split_users, move_batch, pinned_cpu_threads
 
 logger = logging.getLogger(__name__)
 
@@ -75,23 +75,24 @@ def export(checkpoint_dir: str | os.PathLike, data_dir: str | os.PathLike, *, co
     else:
         logger.warning("%s has no data fingerprint in versions.json; not checking the dataset", ckpt.path)
     model = _rebuild(spec, config, ckpt, data)
-    features, codes = compute_user_features(model, data, normalize=normalize,
-                                            batch_size=batch_size or config.optim.batch_size,
-                                            progress=progress)
-    files = {"user_info": str(write_user_column(data_dir / USER_INFO, column, features))}
-    if h5:
-        files["h5"] = str(_write_h5(data_dir / f"{column}.h5", column, features))
-    width = features.shape[1]
-    cfg_path = update_dataset_config(data_dir / DATASET_CONFIG, feature_spec(column, width))
-    if cfg_path is not None:
-        files["dataset_config"] = str(cfg_path)
-    stats = _stats(model, codes, column, width, len(users), len(data.users_with_history()))
-    if stats.get("hit_ratio"):
-        path = data_dir / f"{column}_codebooks.json"
-        write_json_atomic(path, {k: stats[k] for k in ("column", "codebook_sizes", "hit_ratio", "perplexity",
-                                                         "users_with_history", "positions")})
-        files["codebooks"] = str(path)
-    stats["diagnostics"] = _diagnostics(model, data, config, features, data_dir, batch_size)
+    with pinned_cpu_threads(getattr(config.optim, "cpu_threads", None), next(model.parameters()).device):
+        features, codes = compute_user_features(model, data, normalize=normalize,
+                                                batch_size=batch_size or config.optim.batch_size,
+                                                progress=progress)
+        files = {"user_info": str(write_user_column(data_dir / USER_INFO, column, features))}
+        if h5:
+            files["h5"] = str(_write_h5(data_dir / f"{column}.h5", column, features))
+        width = features.shape[1]
+        cfg_path = update_dataset_config(data_dir / DATASET_CONFIG, feature_spec(column, width))
+        if cfg_path is not None:
+            files["dataset_config"] = str(cfg_path)
+        stats = _stats(model, codes, column, width, len(users), len(data.users_with_history()))
+        if stats.get("hit_ratio"):
+            path = data_dir / f"{column}_codebooks.json"
+            write_json_atomic(path, {k: stats[k] for k in ("column", "codebook_sizes", "hit_ratio", "perplexity",
+                                                             "users_with_history", "positions")})
+            files["codebooks"] = str(path)
+        stats["diagnostics"] = _diagnostics(model, data, config, features, data_dir, batch_size)
     path = data_dir / f"{column}_diagnostics.json"
     write_json_atomic(path, {"column": column, **stats["diagnostics"]})
     files["diagnostics"] = str(path)

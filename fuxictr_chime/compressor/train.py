@@ -29,6 +29,7 @@ the loss term.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import logging
 import math
@@ -52,7 +53,8 @@ from .registry import compressor_name_of, get_compressor
 logger = logging.getLogger(__name__)
 
 __all__ = ["train", "evaluate", "TrainResult", "NonFiniteLossError", "warmup_cosine",
-           "log_columns", "loss_columns", "move_batch", "LAST", "BEST", "LOG_FILE", "REFERENCES_FILE"]
+           "log_columns", "loss_columns", "move_batch", "pinned_cpu_threads", "LAST", "BEST", "LOG_FILE",
+           "REFERENCES_FILE"]
 
 LAST, BEST, LOG_FILE = "last", "best", "log.csv"
 REFERENCES_FILE = "references.json"
@@ -93,6 +95,22 @@ class _State:
 
 
 # ---------------------------------------------------------------------------- public
+@contextlib.contextmanager
+def pinned_cpu_threads(threads: int | None, device: torch.device) -> Iterator[None]:
+    """Run the block with torch's intra-op thread count at ``threads`` (``optim.cpu_threads``)
+    when ``device`` is the CPU, and restore the previous count after it; a no-op for ``None`` or
+    an accelerator. A CPU run repeats to the digit only for a fixed thread count."""
+    if threads is None or device.type != "cpu":
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def train(config: Any, *, resume: bool = False, progress: bool = True, max_steps: int | None = None,
           compressor: str | None = None) -> TrainResult:
     """Train the compressor described by ``config`` and return where everything went.
@@ -119,33 +137,35 @@ def train(config: Any, *, resume: bool = False, progress: bool = True, max_steps
     train_ids = distributed.shard_users(train_ids)  # this rank's disjoint share (all users in one process)
     fingerprint = data_fingerprint(data.vocab_sizes(), data.dense_widths(), len(data.all_users()))
     device = _device()
-    model = spec.model_class.from_config(config, data.vocab_sizes(), data.dense_widths()).to(device)
-    optimizer = torch.optim.AdamW(model.param_groups(optim))
-    batches_per_epoch = math.ceil(len(train_ids) / optim.batch_size)
-    total = _total_steps(optim, batches_per_epoch, max_steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, warmup_cosine(optim.warmup_steps, total, constant=getattr(optim, "schedule", "") == "constant"))
-    state = _State()
-    if resume:
-        state = _restore(out / LAST, model, optimizer, scheduler, config, name)
+    with pinned_cpu_threads(getattr(optim, "cpu_threads", None), device):
+        model = spec.model_class.from_config(config, data.vocab_sizes(), data.dense_widths()).to(device)
+        optimizer = torch.optim.AdamW(model.param_groups(optim))
+        batches_per_epoch = math.ceil(len(train_ids) / optim.batch_size)
+        total = _total_steps(optim, batches_per_epoch, max_steps)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, warmup_cosine(optim.warmup_steps, total, constant=getattr(optim, "schedule", "") == "constant"))
+        state = _State()
+        if resume:
+            state = _restore(out / LAST, model, optimizer, scheduler, config, name)
+            if distributed.is_main_process():
+                _truncate_log(out / LOG_FILE, state.step)
+        else:
+            out.mkdir(parents=True, exist_ok=True)
+            if distributed.is_main_process():
+                _truncate_log(out / LOG_FILE, -1)
+        logger.info("%s: %d train / %d eval users, %d micro-batches per epoch, %d optimizer steps, "
+                    "%d parameters, device %s, %d CPU threads (a CPU run repeats only for a fixed thread count: "
+                    "optim.cpu_threads pins it)",
+                    name, len(train_ids), len(eval_ids), batches_per_epoch, total,
+                    sum(p.numel() for p in model.parameters()), device, torch.get_num_threads())
+        ctx = _Run(config, name, model, optimizer, scheduler, data, eval_ids, fingerprint, out, device, state)
         if distributed.is_main_process():
-            _truncate_log(out / LOG_FILE, state.step)
-    else:
-        out.mkdir(parents=True, exist_ok=True)
-        if distributed.is_main_process():
-            _truncate_log(out / LOG_FILE, -1)
-    logger.info("%s: %d train / %d eval users, %d micro-batches per epoch, %d optimizer steps, "
-                "%d parameters, device %s, %d CPU threads (a CPU run is reproducible for a fixed thread count)",
-                name, len(train_ids), len(eval_ids), batches_per_epoch, total,
-                sum(p.numel() for p in model.parameters()), device, torch.get_num_threads())
-    ctx = _Run(config, name, model, optimizer, scheduler, data, eval_ids, fingerprint, out, device, state)
-    if distributed.is_main_process():
-        ctx.references = _references(config, model, data, train_ids_all, eval_ids, out)
-    final = ctx.loop(train_ids, total, progress)
-    return TrainResult(out, name, state.step, total, state.best_step,
-                       None if math.isinf(state.best_metric) else state.best_metric, out / LAST,
-                       out / BEST if (out / BEST).exists() else None, out / LOG_FILE, final,
-                       state.tokens, state.elapsed)
+            ctx.references = _references(config, model, data, train_ids_all, eval_ids, out)
+        final = ctx.loop(train_ids, total, progress)
+        return TrainResult(out, name, state.step, total, state.best_step,
+                           None if math.isinf(state.best_metric) else state.best_metric, out / LAST,
+                           out / BEST if (out / BEST).exists() else None, out / LOG_FILE, final,
+                           state.tokens, state.elapsed)
 
 
 @torch.no_grad()

@@ -115,6 +115,28 @@ def test_same_seed_gives_identical_histograms(tiny_config, tmp_path):
     assert columns[0][1:].sum() > 0
 
 
+def test_export_runs_on_the_checkpoints_cpu_threads(tiny_config, monkeypatch):
+    raw = tiny_config.to_dict()
+    raw["optim"]["cpu_threads"] = 1
+    result = train(type(tiny_config).from_dict(raw), progress=False)
+    seen = []
+    real = CHIMECompressor.user_features
+
+    def spy(self, batch, **kwargs):
+        seen.append(torch.get_num_threads())
+        return real(self, batch, **kwargs)
+
+    monkeypatch.setattr(CHIMECompressor, "user_features", spy)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        export(result.last_checkpoint, tiny_config.data_dir, progress=False)
+        assert seen and set(seen) == {1}
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_crash_during_export_leaves_old_user_info_intact(trained, monkeypatch):
     checkpoint, data_dir = trained
     export(checkpoint, data_dir, progress=False)

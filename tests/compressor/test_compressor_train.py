@@ -104,6 +104,45 @@ def test_same_seed_same_weights_other_seed_differs(tiny_config, tmp_path):
     assert not all(torch.equal(sa[k], sc[k]) for k in sa)
 
 
+def test_cpu_threads_pins_torch_threads_while_training_and_restores_them(tiny_config, tmp_path, monkeypatch):
+    from fuxictr_chime.compressor.model import CHIMECompressor
+
+    seen = []
+    real = CHIMECompressor.forward
+
+    def spy(self, batch):
+        seen.append(torch.get_num_threads())
+        return real(self, batch)
+
+    monkeypatch.setattr(CHIMECompressor, "forward", spy)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        train(_with(tiny_config, tmp_path / "pinned", max_steps=2, cpu_threads=1), progress=False)
+        assert seen and set(seen) == {1}  # every training and eval forward ran on one thread
+        assert torch.get_num_threads() == 2  # the caller's count is back
+        seen.clear()
+        train(_with(tiny_config, tmp_path / "default", max_steps=2), progress=False)
+        assert set(seen) == {2}  # null: torch's count is left alone
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_pinned_cpu_threads_restores_on_error_and_ignores_accelerators():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with pytest.raises(RuntimeError, match="boom"):
+            with train_mod.pinned_cpu_threads(1, torch.device("cpu")):
+                assert torch.get_num_threads() == 1
+                raise RuntimeError("boom")
+        assert torch.get_num_threads() == 2
+        with train_mod.pinned_cpu_threads(1, torch.device("cuda")):  # nothing to pin off the CPU
+            assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_nan_loss_stops_with_step_and_term(tiny_config, monkeypatch):
     from fuxictr_chime.compressor.model import CHIMECompressor
 
