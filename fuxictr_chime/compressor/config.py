@@ -275,8 +275,7 @@ class OptimConfig(_Section):
         self._require(self.weight_decay >= 0, "weight_decay", "must be >= 0")
         self._require(self.max_grad_norm is None or self.max_grad_norm > 0, "max_grad_norm",
                       "must be positive or null (no clipping)")
-        self._require(self.cpu_threads is None or (isinstance(self.cpu_threads, int) and not isinstance(self.cpu_threads, bool)
-                                                    and self.cpu_threads > 0),
+        self._require(self.cpu_threads is None or (type(self.cpu_threads) is int and self.cpu_threads > 0),
                       "cpu_threads", "must be a positive whole number or null (torch's default)")
 
 
