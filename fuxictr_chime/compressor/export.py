@@ -75,7 +75,7 @@ def export(checkpoint_dir: str | os.PathLike, data_dir: str | os.PathLike, *, co
     else:
         logger.warning("%s has no data fingerprint in versions.json; not checking the dataset", ckpt.path)
     model = _rebuild(spec, config, ckpt, data)
-    with pinned_cpu_threads(getattr(config.optim, "cpu_threads", None), next(model.parameters()).device):
+    with pinned_cpu_threads(config.optim.cpu_threads, next(model.parameters()).device):
         features, codes = compute_user_features(model, data, normalize=normalize,
                                                 batch_size=batch_size or config.optim.batch_size,
                                                 progress=progress)

@@ -137,7 +137,7 @@ def train(config: Any, *, resume: bool = False, progress: bool = True, max_steps
     train_ids = distributed.shard_users(train_ids)  # this rank's disjoint share (all users in one process)
     fingerprint = data_fingerprint(data.vocab_sizes(), data.dense_widths(), len(data.all_users()))
     device = _device()
-    with pinned_cpu_threads(getattr(optim, "cpu_threads", None), device):
+    with pinned_cpu_threads(optim.cpu_threads, device):
         model = spec.model_class.from_config(config, data.vocab_sizes(), data.dense_widths()).to(device)
         optimizer = torch.optim.AdamW(model.param_groups(optim))
         batches_per_epoch = math.ceil(len(train_ids) / optim.batch_size)
