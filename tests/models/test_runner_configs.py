@@ -9,6 +9,7 @@ or a parameter of the model class (a misspelled key would otherwise vanish into 
 from __future__ import annotations
 
 import inspect
+import re
 from pathlib import Path
 
 import pytest
@@ -55,7 +56,8 @@ def test_every_zoo_model_has_all_experiments():
             expected |= {"DIN_softmax_synthetic", "DIN_full_softmax_synthetic",  # test_din_softmax_pair
                          "DIN_softmax_CHIME_synthetic", "DIN_softmax_HIST_synthetic",
                          "DIN_softmax_interaction_CHIME_synthetic",  # test_din_softmax_interaction_pair
-                         "DIN_softmax_interaction_HIST_synthetic"}
+                         "DIN_softmax_interaction_HIST_synthetic",
+                         "DIN_100_softmax_synthetic", "DIN_300_softmax_synthetic"}  # test_din_softmax_windows
         assert ids == expected, model
         assert (REPO / "model_zoo" / model / "config" / "dataset_config").resolve() == \
             (REPO / "dataset_configs").resolve()
@@ -79,8 +81,8 @@ def test_fuxictr_load_config_and_registry(config_dir, expid):
         assert (name in active_cols) == (suffix in expid), (expid, params["dataset_id"], active_cols)
         assert not any(spec.get("name") == name for spec in params.get("feature_specs") or [])
     if config_dir.parent.name in ZOO_MODELS:
-        assert ours["model"] == expid.rsplit("_", 1)[0].replace("_softmax", "").replace("_interaction", "") \
-            .replace("DIN_full", "DIN")
+        # DIN_full_softmax_CHIME, DIN_100_softmax, DIN_softmax_interaction_HIST: settings of DIN_CHIME, DIN, DIN_HIST
+        assert ours["model"] == re.sub(r"_(full|\d+|softmax|interaction)(?=_|$)", "", expid.rsplit("_", 1)[0])
         assert model_cls.__name__ == ours["model"]
     unknown = set(params) - RUN_KEYS - _init_parameters(model_cls) - \
         _dataset_keys(config_dir, params["dataset_id"])
@@ -144,6 +146,17 @@ def test_din_softmax_pair(base):
     plain = runner.load_experiment(config_dir, f"{base}_synthetic")
     assert soft["din_use_softmax"] is True and plain["din_use_softmax"] is False
     assert {k for k in set(soft) | set(plain) if soft.get(k) != plain.get(k)} == {"din_use_softmax", "model_id"}
+
+
+@pytest.mark.parametrize("window", [100, 300])
+def test_din_softmax_windows(window):
+    """DIN_<window>_softmax_synthetic = DIN_softmax_synthetic over the last ``window`` behaviours:
+    only ``short_len`` differs, and it lies between DIN's 30 and the full sequence."""
+    config_dir = REPO / "model_zoo" / "DIN" / "config"
+    mid = runner.load_experiment(config_dir, f"DIN_{window}_softmax_synthetic")
+    short = runner.load_experiment(config_dir, "DIN_softmax_synthetic")
+    assert mid["short_len"] == window and short["short_len"] < window < short["max_len"] == mid["max_len"]
+    assert {k for k in set(mid) | set(short) if mid.get(k) != short.get(k)} == {"short_len", "model_id"}
 
 
 @pytest.mark.parametrize("variant", ["_CHIME", "_HIST"])
