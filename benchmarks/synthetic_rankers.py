@@ -25,6 +25,11 @@ that the variant closes (issue 14's acceptance: significant at 5% and at least h
 
     .venv/bin/python benchmarks/synthetic_rankers.py --out benchmarks/results/synthetic_chime \
         --experiments DIN_CHIME DIN_HIST --baseline benchmarks/results/synthetic_rankers/runs.csv
+
+``--pairs A:B`` compares any two experiments of ``<out>/runs.csv`` the same way (A against B), e.g.
+the softmax DIN over the last 30 behaviours against longer windows:
+
+    .venv/bin/python benchmarks/synthetic_rankers.py --table-only --pairs DIN_softmax:DIN_100_softmax
 """
 from __future__ import annotations
 
@@ -116,27 +121,39 @@ def read_runs(path: Path) -> dict[str, list[dict]]:
     return rows
 
 
+def _paired_row(mine: dict[int, float], base: dict[int, float], label: str, oracle: float) -> str | None:
+    """One markdown row comparing two experiments' test AUC over the seeds both have (None if none):
+    means, difference per seed, one-sided paired t-test that ``mine`` is higher, and the share of
+    the gap between ``base`` and the oracle that ``mine`` closes."""
+    from fuxictr_chime.bench.table import paired_pvalue
+
+    seeds = sorted(set(mine) & set(base))
+    if not seeds:
+        return None
+    a, b = np.array([mine[s] for s in seeds]), np.array([base[s] for s in seeds])
+    p = paired_pvalue(a, b, higher_is_better=True)
+    share = (a.mean() - b.mean()) / (oracle - b.mean())
+    return (f"| {label} | {', '.join(map(str, seeds))} | {a.mean():.4f} | {b.mean():.4f} | "
+            f"{a.mean() - b.mean():+.4f} ({', '.join(f'{d:+.4f}' for d in a - b)}) | "
+            f"{'-' if p is None else f'{p:.3f}'} | {share:.0%} |")
+
+
+def _aucs(rows: dict[str, list[dict]], expid: str) -> dict[int, float]:
+    return {int(r["seed"]): float(r["test_AUC"]) for r in rows.get(expid, [])}
+
+
 def paired_lines(rows: dict[str, list[dict]], baseline: dict[str, list[dict]], dataset_id: str,
                  experiments: list[str], oracle: float) -> list[str]:
     """Markdown rows: each "w/ X" experiment against its plain model, paired by seed."""
-    from fuxictr_chime.bench.table import paired_pvalue
-
     lines = []
     for experiment in experiments:
         plain = plain_of(experiment)
         if plain is None:
             continue
-        mine = {int(r["seed"]): float(r["test_AUC"]) for r in rows.get(f"{experiment}_{dataset_id}", [])}
-        base = {int(r["seed"]): float(r["test_AUC"]) for r in baseline.get(f"{plain}_{dataset_id}", [])}
-        seeds = sorted(set(mine) & set(base))
-        if not seeds:
-            continue
-        a, b = np.array([mine[s] for s in seeds]), np.array([base[s] for s in seeds])
-        p = paired_pvalue(a, b, higher_is_better=True)
-        share = (a.mean() - b.mean()) / (oracle - b.mean())
-        lines.append(f"| {experiment} vs {plain} | {', '.join(map(str, seeds))} | {a.mean():.4f} | {b.mean():.4f} | "
-                     f"{a.mean() - b.mean():+.4f} ({', '.join(f'{d:+.4f}' for d in a - b)}) | "
-                     f"{'-' if p is None else f'{p:.3f}'} | {share:.0%} |")
+        line = _paired_row(_aucs(rows, f"{experiment}_{dataset_id}"), _aucs(baseline, f"{plain}_{dataset_id}"),
+                           f"{experiment} vs {plain}", oracle)
+        if line is not None:
+            lines.append(line)
     if not lines:
         return []
     return ["", "Paired by seed against the plain model of the baseline runs (one-sided paired t-test that "
@@ -145,7 +162,23 @@ def paired_lines(rows: dict[str, list[dict]], baseline: dict[str, list[dict]], d
             "|---|---|---|---|---|---|---|", *lines]
 
 
-def table(out: Path, data: Path, dataset_id: str, experiments: list[str], baseline: Path | None = None) -> str:
+def pair_lines(rows: dict[str, list[dict]], dataset_id: str, pairs: list[tuple[str, str]],
+               oracle: float) -> list[str]:
+    """Markdown rows for ``--pairs A:B``: experiment A against experiment B of the same runs.csv,
+    paired by seed (e.g. DIN_softmax:DIN, TWIN:DIN_softmax)."""
+    lines = [line for a, b in pairs
+             if (line := _paired_row(_aucs(rows, f"{a}_{dataset_id}"), _aucs(rows, f"{b}_{dataset_id}"),
+                                     f"{a} vs {b}", oracle)) is not None]
+    if not lines:
+        return []
+    return ["", "Pairs of experiments, paired by seed (one-sided paired t-test that A's test AUC is higher; "
+            "share = (A - B) / (oracle - B)):", "",
+            "| A vs B | seeds | A AUC | B AUC | difference (per seed) | p | share of B-to-oracle gap |",
+            "|---|---|---|---|---|---|---|", *lines]
+
+
+def table(out: Path, data: Path, dataset_id: str, experiments: list[str], baseline: Path | None = None,
+          pairs: list[tuple[str, str]] = ()) -> str:
     """``experiments`` first, then every other experiment of ``dataset_id`` in ``<out>/runs.csv`` (in
     order of its first row): a run of a few experiments rewrites the whole table, not a part."""
     summary = json.loads((data / "summary.json").read_text())
@@ -182,6 +215,7 @@ def table(out: Path, data: Path, dataset_id: str, experiments: list[str], baseli
     lines.append("| chance | 0.5000 | 0% |")
     if baseline is not None:
         lines += paired_lines(rows, read_runs(baseline), dataset_id, experiments, oracle)
+    lines += pair_lines(rows, dataset_id, list(pairs), oracle)
     return "\n".join(lines) + "\n"
 
 
@@ -198,7 +232,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--table-only", action="store_true", help="only rewrite the table from runs.csv")
     parser.add_argument("--baseline", type=Path, default=None, metavar="RUNS_CSV",
                         help="runs.csv of the plain models: adds a paired comparison of every w/ X experiment")
+    parser.add_argument("--pairs", nargs="+", default=[], metavar="A:B",
+                        help="also compare experiment A with experiment B of runs.csv, paired by seed "
+                             "(e.g. DIN_softmax:DIN_100_softmax)")
     args = parser.parse_args(argv)
+    pairs = []
+    for pair in args.pairs:
+        a, sep, b = pair.partition(":")
+        if not sep or not a or not b or ":" in b:
+            parser.error(f"--pairs {pair!r}: expected A:B, two experiment prefixes such as DIN_softmax:DIN")
+        pairs.append((a, b))
     if not (args.data / "summary.json").exists():
         parser.error(f"{args.data}/summary.json not found: run `fuxictr-chime prepare synthetic --out {args.data}`")
     for experiment in args.experiments:
@@ -211,7 +254,12 @@ def main(argv: list[str] | None = None) -> None:
         run_grid(args, args.out)
     if args.baseline is not None and not args.baseline.exists():
         parser.error(f"--baseline {args.baseline}: no such file")
-    text = table(args.out, args.data, args.dataset_id, args.experiments, args.baseline)
+    rows = read_runs(args.out / "runs.csv")
+    for a, b in pairs:
+        if not set(_aucs(rows, f"{a}_{args.dataset_id}")) & set(_aucs(rows, f"{b}_{args.dataset_id}")):
+            parser.error(f"--pairs {a}:{b}: no seed has a run of both {a}_{args.dataset_id} and "
+                         f"{b}_{args.dataset_id} in {args.out / 'runs.csv'}")
+    text = table(args.out, args.data, args.dataset_id, args.experiments, args.baseline, pairs)
     target = args.out / "synthetic_rankers.md"
     tmp = target.with_suffix(".md.tmp")
     tmp.write_text(f"Table written by `python benchmarks/synthetic_rankers.py {shlex.join(sys.argv[1:])}`; "

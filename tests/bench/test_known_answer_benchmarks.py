@@ -76,6 +76,40 @@ def test_synthetic_rankers_pairs_each_variant_with_its_plain_model_by_seed(tmp_p
     assert "Paired by seed" not in rankers.table(out, data, "synthetic", ["DIN_CHIME"])
 
 
+def test_synthetic_rankers_pairs_two_experiments_of_one_runs_csv(tmp_path):
+    rankers = _script("synthetic_rankers")
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "summary.json").write_text(json.dumps({"oracle": {"test": {"auc": 0.9, "base_logloss": 0.69}}}))
+    row = {"test_logloss": 0.6, "epochs_run": 5, "best_epoch": 3, "stopped_early": "True"}
+    _write_csv(tmp_path / "runs.csv", [{**row, "expid": "DIN_softmax_synthetic", "seed": 1, "test_AUC": 0.71},
+                                       {**row, "expid": "DIN_softmax_synthetic", "seed": 2, "test_AUC": 0.73},
+                                       {**row, "expid": "DIN_100_softmax_synthetic", "seed": 1, "test_AUC": 0.70},
+                                       {**row, "expid": "DIN_100_softmax_synthetic", "seed": 2, "test_AUC": 0.71}])
+    text = rankers.table(tmp_path, data, "synthetic", [], pairs=[("DIN_softmax", "DIN_100_softmax"),
+                                                                ("DIN_100_softmax", "DIN_softmax")])
+    # means 0.72 and 0.705; differences +0.01, +0.02: t = 0.015 / (0.00707 / sqrt 2) = 3.0, 1 df, p = 0.102;
+    # share (0.72 - 0.705) / (0.9 - 0.705) = 8%. The reverse pair tests the other tail: p = 0.898
+    assert "| DIN_softmax vs DIN_100_softmax | 1, 2 | 0.7200 | 0.7050 | +0.0150 (+0.0100, +0.0200) | 0.102 | 8% |" in text
+    assert "| DIN_100_softmax vs DIN_softmax | 1, 2 | 0.7050 | 0.7200 | -0.0150 (-0.0100, -0.0200) | 0.898 | -8% |" in text
+    assert "Pairs of experiments" not in rankers.table(tmp_path, data, "synthetic", [])
+
+
+def test_synthetic_rankers_refuses_a_pair_without_common_runs(tmp_path, capsys, monkeypatch):
+    rankers = _script("synthetic_rankers")
+    monkeypatch.setattr(rankers.signal, "signal", lambda *args: None)  # keep pytest's own SIGTERM handler
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "summary.json").write_text(json.dumps({"oracle": {"test": {"auc": 0.9, "base_logloss": 0.69}}}))
+    _write_csv(tmp_path / "runs.csv", [{"expid": "DIN_synthetic", "seed": 1, "test_AUC": 0.7, "test_logloss": 0.6,
+                                        "epochs_run": 5, "best_epoch": 3, "stopped_early": "True"}])
+    for bad, message in [("DIN", "expected A:B"), ("DIN:TWIN", "no seed has a run of both DIN_synthetic and TWIN")]:
+        with pytest.raises(SystemExit):
+            rankers.main(["--out", str(tmp_path), "--data", str(data), "--table-only", "--pairs", bad])
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "synthetic_rankers.md").exists()  # refused before the table is written
+
+
 def test_users_curve_gap_and_table(tmp_path):
     curve = _script("compressor_users_curve")
     assert curve.gap(7.0, popularity=7.5, oracle=7.0) == pytest.approx(1.0)
