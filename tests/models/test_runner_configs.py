@@ -57,7 +57,8 @@ def test_every_zoo_model_has_all_experiments():
                          "DIN_softmax_CHIME_synthetic", "DIN_softmax_HIST_synthetic",
                          "DIN_softmax_interaction_CHIME_synthetic",  # test_din_softmax_interaction_pair
                          "DIN_softmax_interaction_HIST_synthetic",
-                         "DIN_100_softmax_synthetic", "DIN_300_softmax_synthetic"}  # test_din_softmax_windows
+                         "DIN_10_softmax_synthetic", "DIN_100_softmax_synthetic",  # test_din_softmax_windows
+                         "DIN_300_softmax_synthetic"}
         assert ids == expected, model
         assert (REPO / "model_zoo" / model / "config" / "dataset_config").resolve() == \
             (REPO / "dataset_configs").resolve()
@@ -148,14 +149,14 @@ def test_din_softmax_pair(base):
     assert {k for k in set(soft) | set(plain) if soft.get(k) != plain.get(k)} == {"din_use_softmax", "model_id"}
 
 
-@pytest.mark.parametrize("window", [100, 300])
+@pytest.mark.parametrize("window", [10, 100, 300])
 def test_din_softmax_windows(window):
     """DIN_<window>_softmax_synthetic = DIN_softmax_synthetic over the last ``window`` behaviours:
-    only ``short_len`` differs, and it lies between DIN's 30 and the full sequence."""
+    only ``short_len`` differs, and it is neither DIN's 30 nor the full sequence."""
     config_dir = REPO / "model_zoo" / "DIN" / "config"
     mid = runner.load_experiment(config_dir, f"DIN_{window}_softmax_synthetic")
     short = runner.load_experiment(config_dir, "DIN_softmax_synthetic")
-    assert mid["short_len"] == window and short["short_len"] < window < short["max_len"] == mid["max_len"]
+    assert mid["short_len"] == window != short["short_len"] and window < short["max_len"] == mid["max_len"]
     assert {k for k in set(mid) | set(short) if mid.get(k) != short.get(k)} == {"short_len", "model_id"}
 
 
