@@ -162,13 +162,21 @@ def paired_lines(rows: dict[str, list[dict]], baseline: dict[str, list[dict]], d
             "|---|---|---|---|---|---|---|", *lines]
 
 
+class PairError(ValueError):
+    """A ``--pairs`` pair whose experiments share no seed in runs.csv."""
+
+
 def pair_lines(rows: dict[str, list[dict]], dataset_id: str, pairs: list[tuple[str, str]],
                oracle: float) -> list[str]:
     """Markdown rows for ``--pairs A:B``: experiment A against experiment B of the same runs.csv,
-    paired by seed (e.g. DIN_softmax:DIN, TWIN:DIN_softmax)."""
-    lines = [line for a, b in pairs
-             if (line := _paired_row(_aucs(rows, f"{a}_{dataset_id}"), _aucs(rows, f"{b}_{dataset_id}"),
-                                     f"{a} vs {b}", oracle)) is not None]
+    paired by seed (e.g. DIN_softmax:DIN, TWIN:DIN_softmax). PairError names a pair without a
+    common seed."""
+    lines = []
+    for a, b in pairs:
+        line = _paired_row(_aucs(rows, f"{a}_{dataset_id}"), _aucs(rows, f"{b}_{dataset_id}"), f"{a} vs {b}", oracle)
+        if line is None:
+            raise PairError(f"--pairs {a}:{b}: no seed has a run of both {a}_{dataset_id} and {b}_{dataset_id}")
+        lines.append(line)
     if not lines:
         return []
     return ["", "Pairs of experiments, paired by seed (one-sided paired t-test that A's test AUC is higher; "
@@ -254,12 +262,10 @@ def main(argv: list[str] | None = None) -> None:
         run_grid(args, args.out)
     if args.baseline is not None and not args.baseline.exists():
         parser.error(f"--baseline {args.baseline}: no such file")
-    rows = read_runs(args.out / "runs.csv")
-    for a, b in pairs:
-        if not set(_aucs(rows, f"{a}_{args.dataset_id}")) & set(_aucs(rows, f"{b}_{args.dataset_id}")):
-            parser.error(f"--pairs {a}:{b}: no seed has a run of both {a}_{args.dataset_id} and "
-                         f"{b}_{args.dataset_id} in {args.out / 'runs.csv'}")
-    text = table(args.out, args.data, args.dataset_id, args.experiments, args.baseline, pairs)
+    try:
+        text = table(args.out, args.data, args.dataset_id, args.experiments, args.baseline, pairs)
+    except PairError as error:
+        parser.error(f"{error} in {args.out / 'runs.csv'}")
     target = args.out / "synthetic_rankers.md"
     tmp = target.with_suffix(".md.tmp")
     tmp.write_text(f"Table written by `python benchmarks/synthetic_rankers.py {shlex.join(sys.argv[1:])}`; "
