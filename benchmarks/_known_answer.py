@@ -7,17 +7,12 @@ import csv
 from pathlib import Path
 from typing import Callable, Hashable
 
-from fuxictr_chime.io import write_text_atomic
+from fuxictr_chime.io import append_csv_rows, write_text_atomic
 
 
 def append_csv(path: Path, fields: list[str], rows: list[dict]) -> None:
-    """Append ``rows`` under ``fields`` (header written when the file is new)."""
-    new = not path.exists()
-    with path.open("a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        if new:
-            writer.writeheader()
-        writer.writerows(rows)
+    """Append ``rows``, ``fields`` first in a new file (atomic: :func:`fuxictr_chime.io.append_csv_rows`)."""
+    append_csv_rows(path, rows, fields)
 
 
 def last_runs(path: Path, key: Callable[[dict], Hashable]) -> dict[Hashable, list[dict]]:

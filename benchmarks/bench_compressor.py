@@ -19,7 +19,6 @@ line, UTC time, CPU count and torch version.
 from __future__ import annotations
 
 import argparse
-import csv
 import logging
 import os
 import shlex
@@ -34,6 +33,7 @@ import torch
 from fuxictr_chime.compressor.config import CHIMEConfig, load_experiment
 from fuxictr_chime.compressor.export import export
 from fuxictr_chime.compressor.train import train
+from fuxictr_chime.io import append_csv_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "bench_compressor.csv"
@@ -113,19 +113,12 @@ def large_config(args: argparse.Namespace, work: Path) -> tuple[CHIMEConfig, Pat
 
 
 def append_rows(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    new = not path.exists() or path.stat().st_size == 0
     common = {"utc_time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "command": shlex.join([sys.executable, *sys.argv]), "cpu_count": os.cpu_count(),
               "torch_version": torch.__version__,
               "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
               "threads": torch.get_num_threads()}
-    with open(path, "a", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
-        if new:
-            writer.writeheader()
-        for row in rows:
-            writer.writerow({**common, **row})
+    append_csv_rows(path, [{**common, **row} for row in rows], COLUMNS)
 
 
 def main(argv: list[str] | None = None) -> int:

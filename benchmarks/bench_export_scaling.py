@@ -19,16 +19,16 @@ torch and ray versions.
 from __future__ import annotations
 
 import argparse
-import csv
 import logging
 import os
 import shlex
 import shutil
 import sys
 import tempfile
-import time
 from datetime import datetime, timezone
 from pathlib import Path
+
+from fuxictr_chime.io import append_csv_rows
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "bench_export_scaling.csv"
 COLUMNS = ["utc_time", "command", "cpu_count", "torch", "ray", "torch_threads", "users", "users_with_history",
@@ -167,13 +167,7 @@ def _write_rows(args, common: dict, runs: list, torch_version: str, ray_version:
               f"= {stats['users_per_second']:.1f} users/s (x{rows[-1]['speedup_vs_local']:.2f}); encoding "
               f"{rows[-1]['encode_users_per_s_per_worker'] or '-'} users/s per worker, overhead "
               f"{rows[-1]['overhead_s'] or '-'} s; equal={equal}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    new = not args.out.exists() or args.out.stat().st_size == 0
-    with open(args.out, "a", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
-        if new:
-            writer.writeheader()
-        writer.writerows(rows)
+    append_csv_rows(args.out, rows, COLUMNS)
 
 
 if __name__ == "__main__":

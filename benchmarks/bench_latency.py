@@ -105,7 +105,7 @@ def main(argv=None) -> int:
     from fuxictr_chime.data.loader import LongSeqDataLoader
     from fuxictr_chime.data.reference_loader import write_synthetic_dataset
     from fuxictr_chime.models import get_model
-    from fuxictr_chime.models.runner import append_result_row
+    from fuxictr_chime.io import append_csv_rows
 
     args = parse_args(argv)
     if args.threads:
@@ -144,7 +144,7 @@ def main(argv=None) -> int:
                        "reps": args.reps, "base_us_per_sample": round(base_s / args.batch_size * 1e6, 3),
                        "chime_us_per_sample": round(chime_s / args.batch_size * 1e6, 3),
                        "chime_over_base": round(ratio, 4), "goal_met": bool(ratio <= GOAL)}
-                append_result_row(args.results, row)
+                append_csv_rows(args.results, [row])
                 print(f"L={length:5d} {model:8s} base {row['base_us_per_sample']:9.1f} us  "
                       f"CHIME {row['chime_us_per_sample']:9.1f} us  x{ratio:.3f}", flush=True)
     print(f"goal (w/ CHIME <= {GOAL}x base at every length) met: {met_all}")

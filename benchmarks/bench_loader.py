@@ -11,8 +11,6 @@ Both loaders return identical batches (checked on the first batch here, and in t
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import os
 import sys
 import tempfile
@@ -24,7 +22,7 @@ import torch
 from fuxictr_chime.data.features import build_feature_map, load_dataset_params
 from fuxictr_chime.data.loader import LongSeqDataLoader
 from fuxictr_chime.data.reference_loader import ReferenceLongSeqLoader, write_synthetic_dataset
-from fuxictr_chime.io import write_text_atomic
+from fuxictr_chime.io import append_csv_rows
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "bench_loader.csv")
 
@@ -93,17 +91,6 @@ def run(args) -> dict:
             "samples_timed": n_fast}
 
 
-def append_row(path: str, row: dict) -> None:
-    """Append ``row`` to the CSV at ``path`` (header written when the file is new)."""
-    old = open(path).read() if os.path.exists(path) else ""
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(row))
-    if not old:
-        writer.writeheader()
-    writer.writerow(row)
-    write_text_atomic(path, old + buffer.getvalue())
-
-
 def main(argv=None) -> None:
     args = parse_args(argv)
     row = {"utc_time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -114,7 +101,7 @@ def main(argv=None) -> None:
            "max_len": args.max_len, "batch_size": args.batch_size,
            "max_batches": args.max_batches if args.max_batches is not None else "all"}
     row.update(run(args))
-    append_row(args.results, row)
+    append_csv_rows(args.results, [row])
     for key, value in row.items():
         print(f"{key:>30}: {value}")
 

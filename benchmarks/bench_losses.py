@@ -13,8 +13,6 @@ the ratios are relative to the ``full`` variant of the same invocation.
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import os
 import shlex
@@ -120,20 +118,6 @@ def run_variant(variant: str, argv: list[str]) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def append_rows(path: Path, rows: list[dict]) -> None:
-    from fuxictr_chime.io import write_text_atomic
-
-    old = path.read_text() if path.exists() else ""
-    if old and old.splitlines()[0] != ",".join(COLUMNS):
-        raise SystemExit(f"{path}: existing header differs from this script's columns; use another --out")
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=COLUMNS)
-    if not old:
-        writer.writeheader()
-    writer.writerows(rows)
-    write_text_atomic(path, old + buf.getvalue())
-
-
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
@@ -153,7 +137,9 @@ def main(argv: list[str] | None = None) -> None:
         rows.append({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
         print(f"{r['variant']:>6}: median {r['median_s']:.3f} s (x{row['time_ratio_vs_full']:.2f}), "
               f"peak +{r['peak_mem_mb']:.1f} MiB (x{row['mem_ratio_vs_full']:.3f}), loss {r['loss']:.6f}")
-    append_rows(args.out, rows)
+    from fuxictr_chime.io import append_csv_rows
+
+    append_csv_rows(args.out, rows, COLUMNS)
     print(f"appended {len(rows)} rows to {args.out}")
 
 

@@ -13,8 +13,6 @@ benchmarks/results/bench_prepare.csv.
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import os
 import sys
 import tempfile
@@ -27,7 +25,7 @@ import torch
 from fuxictr_chime.data.split import split_by_time
 from fuxictr_chime.data.synthetic import synthetic_log
 from fuxictr_chime.data.writer import build_tables, write_prepared
-from fuxictr_chime.io import write_text_atomic
+from fuxictr_chime.io import append_csv_rows
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "bench_prepare.csv")
 
@@ -85,17 +83,6 @@ def time_recbole_load(log) -> float:
         return round(time.perf_counter() - start, 3)
 
 
-def append_row(path: str, row: dict) -> None:
-    """Append ``row`` to the CSV at ``path`` (header written when the file is new)."""
-    old = open(path).read() if os.path.exists(path) else ""
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(row))
-    if not old:
-        writer.writeheader()
-    writer.writerow(row)
-    write_text_atomic(path, old + buffer.getvalue())
-
-
 def main(argv=None) -> None:
     args = parse_args(argv)
     row = {"utc_time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -105,7 +92,7 @@ def main(argv=None) -> None:
            "users": args.users, "items": args.items, "events": args.events,
            "dense_dim": args.dense_dim, "t1": args.t1, "t2": args.t2}
     row.update(run(args))
-    append_row(args.results, row)
+    append_csv_rows(args.results, [row])
     for key, value in row.items():
         print(f"{key:>18}: {value}")
 

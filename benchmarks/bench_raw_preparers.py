@@ -12,10 +12,8 @@ load (``ru_maxrss``), so run one dataset per process for a clean number.
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime as dt
 import importlib
-import io
 import os
 import resource
 import sys
@@ -27,7 +25,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from fuxictr_chime.io import write_text_atomic
+from fuxictr_chime.io import append_csv_rows
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
                        "bench_raw_preparers.csv")
@@ -133,17 +131,6 @@ def _write_vectors(path: Path, id_col: str, ids: np.ndarray, col: str, vectors: 
 WRITERS = {"microvideo": write_microvideo, "tmall": write_tmall, "ebnerd": write_ebnerd}
 
 
-def append_row(path: str, row: dict) -> None:
-    """Append ``row`` to the CSV at ``path`` (header written when the file is new)."""
-    old = open(path).read() if os.path.exists(path) else ""
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(row))
-    if not old:
-        writer.writeheader()
-    writer.writerow(row)
-    write_text_atomic(path, old + buffer.getvalue())
-
-
 def main(argv=None) -> None:
     args = parse_args(argv)
     rng = np.random.default_rng(args.seed)
@@ -163,7 +150,7 @@ def main(argv=None) -> None:
            "load_s": round(seconds, 2), "events_per_s": round(len(log.events) / seconds),
            "max_rss_mb_before_load": round(rss_before / 1024),
            "max_rss_mb_after_load": round(rss / 1024)}
-    append_row(args.results, row)
+    append_csv_rows(args.results, [row])
     for key, value in row.items():
         print(f"{key:>24}: {value}")
 

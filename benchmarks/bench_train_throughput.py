@@ -411,6 +411,8 @@ def run_one(model: str, impl: str, args, data: dict, tmp: Path, public) -> dict:
 def main(argv=None) -> int:
     import torch
 
+    from fuxictr_chime.io import append_csv_rows, write_text_atomic
+
     args = parse_args(argv)
     if args.summary:
         if args.data is None:
@@ -418,8 +420,8 @@ def main(argv=None) -> int:
         results = Path(args.results)
         target = results.with_name(f"{results.stem}_{Path(args.data).name}.md")
         text = summary_table(results, args.data)
-        target.write_text(f"Table written by `python benchmarks/bench_train_throughput.py --data {args.data} "
-                          f"--summary`.\n\n{text}")
+        write_text_atomic(target, f"Table written by `python benchmarks/bench_train_throughput.py --data "
+                                  f"{args.data} --summary`.\n\n{text}")
         print(text)
         return 0
     command = " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv])
@@ -461,7 +463,7 @@ def main(argv=None) -> int:
                     row["auc_diff"] = round(row["ours_auc"] - row["public_auc"], 5)
                     row["goal_met"] = bool(row["speedup"] >= 5.0 and row["auc_diff"] >= -0.002) if args.data else \
                         bool(row["speedup"] >= 3.0 and abs(row["auc_diff"]) <= 0.003)  # issue 12 / issue 8 goal
-                append_row(Path(args.results), row)
+                append_csv_rows(args.results, [row])
     return 0
 
 
@@ -489,13 +491,6 @@ def summary_table(results: Path, data: str) -> str:
                      f"{r['public_auc'].mean():.4f} | {diff:+.4f} ({', '.join(f'{d:+.4f}' for d in r['auc_diff'])}) | "
                      f"{epochs} | {met} |")
     return "\n".join(lines) + "\n"
-
-
-def append_row(path: Path, row: dict) -> None:
-    """Append one row (header written when the file is new or the columns changed)."""
-    from fuxictr_chime.models.runner import append_result_row
-
-    append_result_row(path, row)
 
 
 if __name__ == "__main__":

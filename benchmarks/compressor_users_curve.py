@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from benchmarks._known_answer import append_csv  # noqa: E402
 from benchmarks._known_answer import write_table as write_known_answer_table  # noqa: E402
+from fuxictr_chime.io import atomic_path  # noqa: E402
 
 FIELDS = ["time_utc", "command", "expid", "knobs", "n_users", "train_users", "eval_users", "max_steps", "best_step",
           "chime_best", "chime_last", "probe_best", "uniform", "popularity", "cooccurrence", "oracle",
@@ -194,12 +195,10 @@ def migrate(csv_path: Path) -> None:
         if reader.fieldnames == FIELDS:
             return
         rows = [{**r, "expid": r.get("expid") or expid_of(r["command"])} for r in reader]
-    tmp = csv_path.with_suffix(".csv.tmp")
-    with tmp.open("w", newline="") as f:
+    with atomic_path(csv_path) as tmp, tmp.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    tmp.replace(csv_path)
 
 
 def append_row(csv_path: Path, row: dict) -> None:

@@ -6,11 +6,15 @@ half-written file behind.
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import json
+import math
+import numbers
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import yaml
 
@@ -76,6 +80,60 @@ def write_parquet_atomic(df, path: str | os.PathLike, **kwargs) -> None:
     table = df if isinstance(df, pa.Table) else pa.Table.from_pandas(df, preserve_index=False)
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp, **kwargs)
+
+
+@contextlib.contextmanager
+def file_lock(lock_path: str | os.PathLike) -> Iterator[None]:
+    """An exclusive advisory lock on ``lock_path`` (POSIX ``flock``; no-op where fcntl is missing)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    with open(lock_path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def append_csv_rows(path: str | os.PathLike, rows: Iterable[Mapping[str, Any]],
+                    fields: Sequence[str] | None = None) -> None:
+    """Append ``rows`` to the CSV at ``path``, atomically and under ``<name>.lock``.
+
+    The columns are the file's header followed by any key of ``rows`` it lacks (older rows get
+    empty cells there); a new file takes ``fields`` first, then the remaining keys in the order
+    the rows name them. Cells already in the file are copied as text, never re-parsed. ``None``
+    and NaN are written as empty cells (as pandas writes them). Parallel writers (two runs of a
+    grid, an autotuner) each add their rows; a crash leaves the previous file as it was.
+    """
+    path = Path(path)
+    rows = [dict(r) for r in rows]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with file_lock(path.with_name(path.name + ".lock")):
+        old: list[list[str]] = []
+        if path.exists() and path.stat().st_size:
+            with path.open(newline="") as f:
+                old = [r for r in csv.reader(f) if r]
+        header = list(old[0]) if old else []
+        for key in [*(fields or []), *(k for r in rows for k in r)]:
+            if key not in header:
+                header.append(key)
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(header)
+        for cells in old[1:]:
+            writer.writerow(cells + [""] * (len(header) - len(cells)))
+        for r in rows:
+            writer.writerow([_csv_cell(r.get(k)) for k in header])
+        write_text_atomic(path, buffer.getvalue())
+
+
+def _csv_cell(value: Any) -> Any:
+    if value is None or (isinstance(value, numbers.Real) and math.isnan(value)):
+        return ""
+    return value
 
 
 def _json_default(obj: Any) -> Any:

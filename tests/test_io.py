@@ -1,4 +1,5 @@
 """Atomic writers: a failure in the middle leaves the previous file intact and no temp file."""
+import csv
 import json
 
 import pandas as pd
@@ -56,3 +57,64 @@ def test_atomic_files_get_umask_permissions_not_mkstemp_0600(tmp_path):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
     finally:
         os.umask(umask)
+
+
+def test_append_csv_rows_new_file_takes_fields_then_the_rows_keys(tmp_path):
+    from fuxictr_chime.io import append_csv_rows
+
+    path = tmp_path / "sub" / "runs.csv"
+    append_csv_rows(path, [{"b": 1, "extra": None, "a": float("nan")}], fields=["a", "b"])
+    assert path.read_text() == "a,b,extra\n,1,\n"  # None and NaN are empty cells, as pandas writes them
+
+
+def test_append_csv_rows_adds_new_columns_and_keeps_old_cells_as_text(tmp_path):
+    """Old cells are copied, not re-parsed: '2024' stays '2024' (pandas would write 2024.0 once the
+    column has an empty cell) and '0.10' keeps its zero; a column new to the file is appended."""
+    from fuxictr_chime.io import append_csv_rows
+
+    path = tmp_path / "runs.csv"
+    path.write_text('seed,auc,note\n2024,0.10,"a, b"\n')
+    append_csv_rows(path, [{"auc": 0.5, "gauc": 0.25}, {"seed": 7, "note": 'say "x"'}])
+    with path.open(newline="") as f:
+        got = list(csv.reader(f))
+    assert got == [["seed", "auc", "note", "gauc"], ["2024", "0.10", "a, b", ""],
+                   ["", "0.5", "", "0.25"], ["7", "", 'say "x"', ""]]
+    assert pd.read_csv(path)["gauc"].isna().tolist() == [True, False, True]  # pandas reads an empty cell as NaN
+
+
+def test_append_csv_rows_keeps_the_old_file_when_a_row_cannot_be_written(tmp_path, monkeypatch):
+    from fuxictr_chime import io as io_mod
+
+    path = tmp_path / "runs.csv"
+    io_mod.append_csv_rows(path, [{"x": 1}])
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(io_mod, "write_text_atomic", crash)
+    with pytest.raises(OSError, match="disk full"):
+        io_mod.append_csv_rows(path, [{"x": 2}])
+    assert path.read_text() == "x\n1\n"
+
+
+def test_append_csv_rows_from_parallel_processes_loses_no_row(tmp_path):
+    """The ``<name>.lock`` file serializes read-modify-write: 4 processes x 10 rows, 40 rows back."""
+    import multiprocessing as mp
+
+    path = tmp_path / "runs.csv"
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_append_ten, args=(str(path), k)) for k in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    rows = pd.read_csv(path)
+    assert sorted(zip(rows["writer"], rows["i"])) == [(k, i) for k in range(4) for i in range(10)]
+
+
+def _append_ten(path: str, writer: int) -> None:
+    from fuxictr_chime.io import append_csv_rows
+
+    for i in range(10):
+        append_csv_rows(path, [{"writer": writer, "i": i}])

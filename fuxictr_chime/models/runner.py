@@ -50,7 +50,7 @@ import yaml
 
 from .. import __version__
 from ..errors import ChimeError, ConfigError, DataError
-from ..io import atomic_path, write_json_atomic
+from ..io import append_csv_rows, file_lock, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -353,33 +353,9 @@ def run_log(log_file: str) -> Iterator[None]:
 
 
 def append_result_row(path: str | os.PathLike, row: Mapping[str, Any]) -> None:
-    """Append ``row`` to a CSV atomically; columns are the union of old and new ones."""
-    import pandas as pd
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with _file_lock(path.with_name(path.name + ".lock")):  # parallel autotuner runs
-        frame = pd.DataFrame([dict(row)])
-        if path.exists() and path.stat().st_size:
-            frame = pd.concat([pd.read_csv(path), frame], ignore_index=True, sort=False)
-        with atomic_path(path) as tmp:
-            frame.to_csv(tmp, index=False)
-
-
-@contextlib.contextmanager
-def _file_lock(lock_path: Path) -> Iterator[None]:
-    """An exclusive advisory lock (POSIX ``flock``; no-op where fcntl is missing)."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX
-        yield
-        return
-    with open(lock_path, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    """Append ``row`` to a results CSV (atomic, locked against parallel runs; columns are the
+    union of old and new ones: :func:`fuxictr_chime.io.append_csv_rows`)."""
+    append_csv_rows(path, [row])
 
 
 def fuxictr_result_line(params: dict, valid: Mapping[str, float], test: Mapping[str, float],
@@ -399,7 +375,7 @@ def append_result_line(path: str | os.PathLike, line: str) -> None:
     """Append one FuxiCTR result line to ``path`` (locked against parallel autotuner runs)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with _file_lock(path.with_name(path.name + ".lock")), open(path, "a") as fh:
+    with file_lock(path.with_name(path.name + ".lock")), open(path, "a") as fh:
         fh.write(line)
 
 

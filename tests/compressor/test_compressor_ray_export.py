@@ -5,7 +5,6 @@ Ray starts once for the module (about 6-15 s) with 2 worker CPUs + 1 for its rea
 """
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
