@@ -33,11 +33,12 @@ from ..errors import DataError, LeakageError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RepresentationData", "REPRESENTATION", "ITEM_INFO", "USER_INFO", "SUMMARY"]
+__all__ = ["RepresentationData", "REPRESENTATION", "REPRESENTATION_COLUMNS", "ITEM_INFO", "USER_INFO", "SUMMARY",
+           "flatten_representation"]
 
 REPRESENTATION, ITEM_INFO = "representation.parquet", "item_info.parquet"
 USER_INFO, SUMMARY = "user_info.parquet", "summary.json"
-_REPR_COLUMNS = ("user_index", "item_seq", "label_seq", "time_seq")
+REPRESENTATION_COLUMNS = ("user_index", "item_seq", "label_seq", "time_seq")
 _NOT_ATTRIBUTES = ("item_index", "item_id")
 
 
@@ -285,21 +286,35 @@ def _dense_column(table: pa.Table, name: str, path: Path) -> np.ndarray:
 
 def _read_representation(path: Path) -> tuple[np.ndarray, ...]:
     """(users (U,), items (N,), labels (N,), times (N,), offsets (U+1,)) of representation.parquet."""
-    table = _read_table(path, columns=list(_REPR_COLUMNS))
-    users = _int_column(table, "user_index", path)
+    return flatten_representation(_read_table(path, columns=list(REPRESENTATION_COLUMNS)), path)
+
+
+def flatten_representation(table: pa.Table, source: Path | str = REPRESENTATION) -> tuple[np.ndarray, ...]:
+    """(users (U,), items (N,), labels (N,), times (N,), offsets (U+1,)) of representation rows.
+
+    DataError naming ``source`` and the column for a missing column, a non-integer list column,
+    null lists or list columns of different lengths.
+    """
+    absent = [c for c in REPRESENTATION_COLUMNS if c not in table.column_names]
+    if absent:
+        raise DataError(f"{source}: no column {absent[0]!r} (columns: {', '.join(table.column_names)})")
+    user_col = table.column("user_index")
+    if not pa.types.is_integer(user_col.type) or user_col.null_count:
+        raise DataError(f"{source}: column 'user_index' must be integer without nulls, got {user_col.type}")
+    users = user_col.to_numpy().astype(np.int64)
     flat, offsets = {}, None
-    for name in _REPR_COLUMNS[1:]:
+    for name in REPRESENTATION_COLUMNS[1:]:
         column = table.column(name).combine_chunks()
-        if not (pa.types.is_list(column.type) or pa.types.is_large_list(column.type)) \
-                or not pa.types.is_integer(column.type.value_type):
-            raise DataError(f"{path}: column '{name}' must be a list of integers, got {column.type}")
+        kind = column.type
+        if not (pa.types.is_list(kind) or pa.types.is_large_list(kind)) or not pa.types.is_integer(kind.value_type):
+            raise DataError(f"{source}: column '{name}' must be a list of integers, got {kind}")
         if column.null_count:
-            raise DataError(f"{path}: column '{name}' has {column.null_count} null lists")
+            raise DataError(f"{source}: column '{name}' has {column.null_count} null lists")
         own = column.offsets.to_numpy().astype(np.int64)
         own = own - own[0]
         if offsets is not None and not np.array_equal(own, offsets):
             bad = users[np.flatnonzero(np.diff(own) != np.diff(offsets))[0]]
-            raise DataError(f"{path}: user_index {bad}: '{name}' and 'item_seq' have different lengths")
+            raise DataError(f"{source}: user_index {bad}: '{name}' and 'item_seq' have different lengths")
         offsets = own
         flat[name] = pc.list_flatten(column).to_numpy().astype(np.int64)
     return users, flat["item_seq"], flat["label_seq"], flat["time_seq"], offsets

@@ -35,7 +35,6 @@ from typing import Any, Iterator
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 from tqdm.auto import tqdm
@@ -43,7 +42,8 @@ from tqdm.auto import tqdm
 from ..errors import ChimeError, ConfigError, DataError
 from ..io import write_json_atomic
 from .checkpoint import check_fingerprint, data_fingerprint, load_checkpoint
-from .data import ITEM_INFO, REPRESENTATION, RepresentationData, _check_leakage, _check_sequences
+from .data import (ITEM_INFO, REPRESENTATION, REPRESENTATION_COLUMNS, RepresentationData, _check_leakage,
+                   _check_sequences, flatten_representation)
 from .export import (DATASET_CONFIG, USER_INFO, _rebuild, _write_h5, feature_spec, format_codebook_table,
                      update_dataset_config, write_user_column)
 from .quantizer import code_histogram
@@ -55,7 +55,6 @@ logger = logging.getLogger(__name__)
 __all__ = ["export_ray", "UserEncoder", "RepresentationShard", "encode_shard", "ray_session",
            "stats_from_counts", "default_rows_per_task", "flatten_representation", "REPRESENTATION_COLUMNS"]
 
-REPRESENTATION_COLUMNS = ("user_index", "item_seq", "label_seq", "time_seq")
 ROWS_PER_TASK_BATCHES = 50  # default block = 50 micro-batches (the length-bucketing window of data.batches)
 
 
@@ -224,37 +223,6 @@ def encode_shard(model: torch.nn.Module, data: RepresentationData, *, normalize:
     if uses_codes:
         out["code_counts"] = _cat(counts, (0, sum(sizes)), np.float32)  # counts <= max_len: exact in float32
     return out
-
-
-def flatten_representation(table: pa.Table, source: Path | str = REPRESENTATION) -> tuple[np.ndarray, ...]:
-    """(users (U,), items (N,), labels (N,), times (N,), offsets (U+1,)) of representation rows.
-
-    DataError naming ``source`` and the column for a missing column, a non-integer list column,
-    null lists or list columns of different lengths.
-    """
-    absent = [c for c in REPRESENTATION_COLUMNS if c not in table.column_names]
-    if absent:
-        raise DataError(f"{source}: no column {absent[0]!r} (columns: {', '.join(table.column_names)})")
-    user_col = table.column("user_index")
-    if not pa.types.is_integer(user_col.type) or user_col.null_count:
-        raise DataError(f"{source}: column 'user_index' must be integer without nulls, got {user_col.type}")
-    users = user_col.to_numpy().astype(np.int64)
-    flat, offsets = {}, None
-    for name in REPRESENTATION_COLUMNS[1:]:
-        column = table.column(name).combine_chunks()
-        kind = column.type
-        if not (pa.types.is_list(kind) or pa.types.is_large_list(kind)) or not pa.types.is_integer(kind.value_type):
-            raise DataError(f"{source}: column '{name}' must be a list of integers, got {kind}")
-        if column.null_count:
-            raise DataError(f"{source}: column '{name}' has {column.null_count} null lists")
-        own = column.offsets.to_numpy().astype(np.int64)
-        own = own - own[0]
-        if offsets is not None and not np.array_equal(own, offsets):
-            bad = users[np.flatnonzero(np.diff(own) != np.diff(offsets))[0]]
-            raise DataError(f"{source}: user_index {bad}: '{name}' and 'item_seq' have different lengths")
-        offsets = own
-        flat[name] = pc.list_flatten(column).to_numpy().astype(np.int64)
-    return users, flat["item_seq"], flat["label_seq"], flat["time_seq"], offsets
 
 
 # ---------------------------------------------------------------------------- driver side
