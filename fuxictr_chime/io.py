@@ -64,6 +64,21 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
         tmp.write_text(text)
 
 
+def read_yaml_mapping(path: str | os.PathLike, what: str) -> dict:
+    """The mapping at the top of a YAML file (``{}`` for an empty file); ConfigError naming the file
+    for invalid YAML or another top level (``what`` says what the mapping's keys are)."""
+    from .errors import ConfigError
+
+    try:
+        with open(path, "r") as fh:
+            config = yaml.safe_load(fh) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML: {exc}") from exc
+    if not isinstance(config, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of {what}")
+    return config
+
+
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
 

@@ -118,3 +118,17 @@ def _append_ten(path: str, writer: int) -> None:
 
     for i in range(10):
         append_csv_rows(path, [{"writer": writer, "i": i}])
+
+
+def test_read_yaml_mapping_names_the_file_for_bad_yaml_or_a_non_mapping_top_level(tmp_path):
+    from fuxictr_chime.errors import ConfigError
+    from fuxictr_chime.io import read_yaml_mapping
+
+    (tmp_path / "empty.yaml").write_text("")
+    assert read_yaml_mapping(tmp_path / "empty.yaml", "experiment ids") == {}
+    (tmp_path / "bad.yaml").write_text("DIN_x: [1, 2\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: invalid YAML"):
+        read_yaml_mapping(tmp_path / "bad.yaml", "experiment ids")
+    (tmp_path / "list.yaml").write_text("- DIN_x\n")
+    with pytest.raises(ConfigError, match=r"list\.yaml: top level must be a mapping of dataset ids"):
+        read_yaml_mapping(tmp_path / "list.yaml", "dataset ids")

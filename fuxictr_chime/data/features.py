@@ -20,9 +20,8 @@ import logging
 import os
 from typing import TYPE_CHECKING, Any
 
-import yaml
-
 from ..errors import ConfigError, DataError
+from ..io import read_yaml_mapping
 
 if TYPE_CHECKING:
     import numpy as np
@@ -120,14 +119,7 @@ def _dataset_config_files(config_dir_or_file: str) -> list[str]:
 
 
 def _read_yaml(path: str) -> dict:
-    try:
-        with open(path, "r") as fh:
-            config = yaml.safe_load(fh) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML: {exc}") from exc
-    if not isinstance(config, dict):
-        raise ConfigError(f"{path}: top level must be a mapping of dataset ids")
-    return config
+    return read_yaml_mapping(path, "dataset ids")
 
 
 def build_feature_map(dataset_id: str, dataset_params: dict, *, embedding_dim: int | None = None,

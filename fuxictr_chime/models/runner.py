@@ -46,11 +46,10 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 import numpy as np
-import yaml
 
 from .. import __version__
 from ..errors import ChimeError, ConfigError, DataError
-from ..io import append_csv_rows, file_lock, write_json_atomic
+from ..io import append_csv_rows, file_lock, read_yaml_mapping, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -133,14 +132,7 @@ def _find_experiment(config_dir: str | os.PathLike, expid: str) -> tuple[dict, d
 
 
 def _read_yaml(path: str) -> dict:
-    try:
-        with open(path, "r") as fh:
-            config = yaml.safe_load(fh) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML: {exc}") from exc
-    if not isinstance(config, dict):
-        raise ConfigError(f"{path}: top level must be a mapping of experiment ids")
-    return config
+    return read_yaml_mapping(path, "experiment ids")
 
 
 def _resolve(path: str | os.PathLike, yaml_file: str) -> str:
