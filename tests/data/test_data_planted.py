@@ -266,6 +266,27 @@ def test_default_knobs_order_chance_popularity_count_oracle():
     assert summary["oracle"]["test"]["logloss"] < summary["oracle"]["test"]["base_logloss"]
     assert summary["planted"] == PlantedKnobs().as_dict()
     assert set(files) == PLANTED_FILES
+    # sessions preset: the last 30 positives hold the favourites too, so counting over them does
+    # at least as well as over the whole sequence (measured 68% against 59% of the gap)
+    gaps = {k: v["gap_closed"] for k, v in summary["references"]["test"].items()}
+    assert gaps["count_last_30"] > gaps["count_all_before"]
+
+
+def test_long_term_preset_hides_the_interest_from_the_recent_window():
+    """``preset=long_term`` at the default size: the long-term term carries most of the oracle
+    (without it 18% of the gap, measured) and counting a user's topics over all positives before
+    a row closes clearly more of the gap than over the last 30 (measured 71% against 59%)."""
+    knobs = PlantedKnobs.from_options(preset="long_term")
+    assert knobs == PlantedKnobs(**planted.PRESETS["long_term"])
+    assert PlantedKnobs.from_options(preset="long_term", n_topics=30).n_topics == 30
+    assert PlantedKnobs.from_options(preset="sessions") == PlantedKnobs()
+    log = planted.generate(knobs)
+    split = split_by_time(log, planted.DEFAULT_T1, planted.DEFAULT_T2)
+    summary, _ = planted.extra_outputs(log, split)
+    gaps = {k: v["gap_closed"] for k, v in summary["references"]["test"].items()}
+    assert gaps["oracle_without_long_term"] < 0.4 and gaps["oracle_without_session"] > 0.8
+    assert gaps["count_all_before"] > gaps["count_last_30"] + 0.1
+    assert summary["oracle"]["test"]["logloss"] < summary["oracle"]["test"]["base_logloss"]
 
 
 @pytest.mark.parametrize("knobs,message", [
@@ -280,6 +301,8 @@ def test_default_knobs_order_chance_popularity_count_oracle():
     ({"dense_dim": -1}, "dense_dim must be an integer >= 0"),
     ({"quality_std": float("nan")}, "quality_std must be a finite number"),
     ({"colour": "red"}, "unknown knob(s) ['colour']"),
+    ({"preset": "loud"}, "unknown preset 'loud'; accepted: ['long_term', 'sessions']"),
+    ({"preset": "long_term", "base_ctr": 0.0}, "base_ctr must be a finite number in (0.0, 1.0)"),
 ])
 def test_bad_knobs_name_the_knob(knobs, message):
     with pytest.raises(ConfigError) as err:
@@ -311,8 +334,8 @@ def test_prepared_folder_layout_and_summary(prepared):
     assert sum(p["samples"] for p in summary["partitions"].values()) == summary["events"]
     assert summary["partitions"]["representation"]["users"] == TINY["n_users"]
     assert summary["planted"] == PlantedKnobs(**TINY).as_dict()
-    assert set(summary["references"]["test"]) == {"popularity", "count",
-                                                  "oracle_without_long_term",
+    assert set(summary["references"]["test"]) == {"popularity", "count", "count_all_before",
+                                                  "count_last_30", "oracle_without_long_term",
                                                   "oracle_without_session"}
     assert "oracle (true click probabilities), test: AUC" in stdout and str(out) in stdout
     times = pq.read_table(out / "representation.parquet").column("time_seq").to_pylist()
@@ -344,6 +367,22 @@ def test_oracle_in_summary_equals_sklearn_on_the_written_probabilities(prepared)
         rate = joined["label"].mean()
         assert oracle["base_logloss"] == pytest.approx(
             log_loss(joined["label"], np.full(len(joined), rate)), abs=1e-6)
+
+
+def test_window_count_references_score_each_row_with_the_positives_before_it(prepared):
+    """``count_all_before`` / ``count_last_30`` of summary.json equal the AUC of the plain loop
+    over the written events: a test row scored with the user's positives strictly before it."""
+    out, _ = prepared
+    summary = json.loads((out / "summary.json").read_text())
+    events = pq.read_table(out / planted.EVENTS_FILE).to_pandas()
+    positives = events[events["label"] > 0]
+    test = events[events["part"] == "test"]
+    for key, window in (("count_all_before", None), ("count_last_30", 30)):
+        scores = _count_loop(positives["user_index"], positives["timestamp"], positives["topic"],
+                             test["user_index"], test["timestamp"], test["topic"],
+                             TINY["n_topics"], window)
+        assert summary["references"]["test"][key]["auc"] == pytest.approx(
+            roc_auc_score(test["label"], scores), abs=1e-6)
 
 
 def test_planted_truth_matches_the_written_item_and_user_tables(prepared):
