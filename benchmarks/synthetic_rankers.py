@@ -26,6 +26,13 @@ that the variant closes (issue 14's acceptance: significant at 5% and at least h
     .venv/bin/python benchmarks/synthetic_rankers.py --out benchmarks/results/synthetic_chime \
         --experiments DIN_CHIME DIN_HIST --baseline benchmarks/results/synthetic_rankers/runs.csv
 
+A results folder belongs to one planted log: ``<out>/planted_knobs.json`` records the generator
+knobs of the data its runs used, and a run or table with data of other knobs is refused (e.g. the
+``long_term`` preset goes to its own folder):
+
+    fuxictr-chime prepare synthetic --out data/synthetic --option preset=long_term
+    .venv/bin/python benchmarks/synthetic_rankers.py --out benchmarks/results/synthetic_long_term
+
 ``--pairs A:B`` compares any two experiments of ``<out>/runs.csv`` the same way (A against B), e.g.
 the softmax DIN over the last 30 behaviours against longer windows:
 
@@ -185,6 +192,35 @@ def pair_lines(rows: dict[str, list[dict]], dataset_id: str, pairs: list[tuple[s
             "|---|---|---|---|---|---|---|", *lines]
 
 
+KNOBS_FILE = "planted_knobs.json"
+
+
+class KnobsError(ValueError):
+    """The prepared log's knobs differ from those of the runs already in the results folder."""
+
+
+def check_knobs(out: Path, data: Path, *, write: bool = True) -> None:
+    """Runs of one results folder must share one planted log: ``<out>/planted_knobs.json`` keeps
+    the generator knobs of ``<data>/summary.json`` (block ``planted``), written by the first call;
+    a later call with other knobs (e.g. ``prepare synthetic --option preset=long_term`` into the
+    same data folder) raises :class:`KnobsError` naming the knobs that differ."""
+    knobs = json.loads((data / "summary.json").read_text()).get("planted")
+    if knobs is None:
+        raise KnobsError(f"{data / 'summary.json'} has no 'planted' block: not a `prepare synthetic` folder")
+    path = out / KNOBS_FILE
+    if path.exists():
+        kept = json.loads(path.read_text())
+        differ = sorted(k for k in set(kept) | set(knobs) if kept.get(k) != knobs.get(k))
+        if differ:
+            cells = ", ".join(f"{k}: {kept.get(k)!r} in {path.name}, {knobs.get(k)!r} in the data" for k in differ)
+            raise KnobsError(f"{path} was written for another planted log than {data / 'summary.json'} ({cells}); "
+                             "prepare the data with the folder's knobs, or use another --out")
+    elif write:
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(knobs, indent=1, sort_keys=True) + "\n")
+        tmp.replace(path)
+
+
 def table(out: Path, data: Path, dataset_id: str, experiments: list[str], baseline: Path | None = None,
           pairs: list[tuple[str, str]] = ()) -> str:
     """``experiments`` first, then every other experiment of ``dataset_id`` in ``<out>/runs.csv`` (in
@@ -257,6 +293,12 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(f"--experiments: no model_zoo/{model_of(experiment)}/config for '{experiment}'")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "logs").mkdir(exist_ok=True)
+    try:
+        check_knobs(args.out, args.data)
+        if args.baseline is not None and args.baseline.exists():
+            check_knobs(args.baseline.parent, args.data, write=False)
+    except KnobsError as error:
+        parser.error(str(error))
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))  # unwinds like Ctrl-C
     if not args.table_only:
         run_grid(args, args.out)

@@ -100,7 +100,8 @@ def test_synthetic_rankers_refuses_a_pair_without_common_runs(tmp_path, capsys, 
     monkeypatch.setattr(rankers.signal, "signal", lambda *args: None)  # keep pytest's own SIGTERM handler
     data = tmp_path / "data"
     data.mkdir()
-    (data / "summary.json").write_text(json.dumps({"oracle": {"test": {"auc": 0.9, "base_logloss": 0.69}}}))
+    (data / "summary.json").write_text(json.dumps({"oracle": {"test": {"auc": 0.9, "base_logloss": 0.69}},
+                                                   "planted": {"seed": 0}}))
     _write_csv(tmp_path / "runs.csv", [{"expid": "DIN_synthetic", "seed": 1, "test_AUC": 0.7, "test_logloss": 0.6,
                                         "epochs_run": 5, "best_epoch": 3, "stopped_early": "True"}])
     for bad, message in [("DIN", "expected A:B"), ("DIN:TWIN", "no seed has a run of both DIN_synthetic and TWIN")]:
@@ -189,6 +190,34 @@ def test_trace_spread_is_the_mean_distance_to_the_mean_over_valid_positions():
     x = torch.tensor([[[1.0, 0.0], [3.0, 0.0], [100.0, 100.0]]])  # (B=1, T=3, D=2); the last is padding
     mask = torch.tensor([[True, True, False]])
     assert trace.spread(x, mask) == pytest.approx((2.0, 1.0))  # mean (2, 0); each point 1 away
+
+
+def test_synthetic_rankers_keeps_one_planted_log_per_results_folder(tmp_path, capsys, monkeypatch):
+    """The first table records the data's knobs in planted_knobs.json; data prepared with other
+    knobs (another preset into the same folder) is refused with the differing knobs named, and
+    nothing is rewritten."""
+    rankers = _script("synthetic_rankers")
+    monkeypatch.setattr(rankers.signal, "signal", lambda *args: None)
+    data, out = tmp_path / "data", tmp_path / "out"
+    data.mkdir()
+    out.mkdir()
+    summary = {"oracle": {"test": {"auc": 0.9, "base_logloss": 0.69}}, "planted": {"n_topics": 50, "seed": 0}}
+    (data / "summary.json").write_text(json.dumps(summary))
+    _write_csv(out / "runs.csv", [{"expid": "DIN_synthetic", "seed": 1, "test_AUC": 0.7, "test_logloss": 0.6,
+                                   "epochs_run": 5, "best_epoch": 3, "stopped_early": "True"}])
+    rankers.main(["--out", str(out), "--data", str(data), "--table-only"])
+    assert json.loads((out / rankers.KNOBS_FILE).read_text()) == summary["planted"]
+    table = (out / "synthetic_rankers.md").read_text()
+    (data / "summary.json").write_text(json.dumps({**summary, "planted": {"n_topics": 20, "seed": 0}}))
+    with pytest.raises(SystemExit):
+        rankers.main(["--out", str(out), "--data", str(data), "--table-only"])
+    assert "n_topics: 50 in planted_knobs.json, 20 in the data" in capsys.readouterr().err
+    assert json.loads((out / rankers.KNOBS_FILE).read_text())["n_topics"] == 50
+    assert (out / "synthetic_rankers.md").read_text() == table
+    (data / "summary.json").write_text(json.dumps({"oracle": summary["oracle"]}))
+    with pytest.raises(SystemExit):
+        rankers.main(["--out", str(out), "--data", str(data), "--table-only"])
+    assert "has no 'planted' block" in capsys.readouterr().err
 
 
 def test_synthetic_rankers_interrupted_run_releases_its_claim(tmp_path, monkeypatch):
