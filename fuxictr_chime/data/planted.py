@@ -180,15 +180,16 @@ class PlantedKnobs:
 
 #: Named knob sets (``--option preset=NAME``; other options override single knobs).
 #: ``sessions`` is the default: sessions dominate the recent positives and carry about half of
-#: the oracle's gap, and 35% of the last 30 positives are favourites. ``long_term``: the
-#: long-term interest carries most of the gap (oracle without it: 18%; without sessions: 93%)
-#: but is a small share of the recent positives among many noise clicks, so counting a user's
-#: topics over all positives before a row closes clearly more of the gap than over the last 30
-#: (summary.json ``count_all_before`` against ``count_last_30``; docs/DATASETS.md).
+#: the oracle's gap, and 35% of the last 30 positives are favourites. ``long_term``: long
+#: sessions (40 exposures, 80% in the session's topic) fill the last 30 positives with one or
+#: two topics, while the favourites (30 topics, 2 favourites) add up over the whole history and
+#: carry most of the gap (oracle without them: 20%; without sessions: 91%), so counting a
+#: user's topics over all positives before a row closes clearly more of the gap than over the
+#: last 30 (summary.json ``count_all_before`` against ``count_last_30``; docs/DATASETS.md).
 PRESETS: dict[str, dict] = {
     "sessions": {},
-    "long_term": {"n_topics": 20, "n_favourites": 2, "long_affinity": 4.5,
-                  "p_favourite_item": 0.05, "session_affinity": 0.5, "base_ctr": 0.2},
+    "long_term": {"n_topics": 30, "n_favourites": 2, "session_len": 40.0, "p_session_item": 0.8,
+                  "p_favourite_item": 0.1, "p_favourite_session": 0.25, "session_affinity": 2.5},
 }
 
 

@@ -274,8 +274,8 @@ def test_default_knobs_order_chance_popularity_count_oracle():
 
 def test_long_term_preset_hides_the_interest_from_the_recent_window():
     """``preset=long_term`` at the default size: the long-term term carries most of the oracle
-    (without it 18% of the gap, measured) and counting a user's topics over all positives before
-    a row closes clearly more of the gap than over the last 30 (measured 71% against 59%)."""
+    (without it 20% of the gap, measured) and counting a user's topics over all positives before
+    a row closes clearly more of the gap than over the last 30 (measured 85% against 62%)."""
     knobs = PlantedKnobs.from_options(preset="long_term")
     assert knobs == PlantedKnobs(**planted.PRESETS["long_term"])
     assert PlantedKnobs.from_options(preset="long_term", n_topics=30).n_topics == 30
@@ -285,7 +285,7 @@ def test_long_term_preset_hides_the_interest_from_the_recent_window():
     summary, _ = planted.extra_outputs(log, split)
     gaps = {k: v["gap_closed"] for k, v in summary["references"]["test"].items()}
     assert gaps["oracle_without_long_term"] < 0.4 and gaps["oracle_without_session"] > 0.8
-    assert gaps["count_all_before"] > gaps["count_last_30"] + 0.1
+    assert gaps["count_all_before"] > gaps["count_last_30"] + 0.15
     assert summary["oracle"]["test"]["logloss"] < summary["oracle"]["test"]["base_logloss"]
 
 
