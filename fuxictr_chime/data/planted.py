@@ -180,12 +180,13 @@ class PlantedKnobs:
 
 #: Named knob sets (``--option preset=NAME``; other options override single knobs).
 #: ``sessions`` is the default: sessions dominate the recent positives and carry about half of
-#: the oracle's gap, and 35% of the last 30 positives are favourites. ``long_term``: long
-#: sessions (40 exposures, 80% in the session's topic) fill the last 30 positives with one or
-#: two topics, while the favourites (30 topics, 2 favourites) add up over the whole history and
-#: carry most of the gap (oracle without them: 20%; without sessions: 91%), so counting a
-#: user's topics over all positives before a row closes clearly more of the gap than over the
-#: last 30 (summary.json ``count_all_before`` against ``count_last_30``; docs/DATASETS.md).
+#: the oracle's gap; the last 30 positives span about 7 sessions and hold the favourites in
+#: the same share as the whole history. ``long_term``: long sessions (40 exposures, 80% in the
+#: session's topic) fill the last 30 positives with 2.7 sessions, while the favourites (30
+#: topics, 2 favourites) add up over the whole history and carry most of the gap (oracle
+#: without them: 20%; without sessions: 91%), so counting a user's topics over all positives
+#: before a row closes clearly more of the gap than over the last 30 (summary.json
+#: ``count_all_before`` against ``count_last_30``; docs/DATASETS.md, tests/data).
 PRESETS: dict[str, dict] = {
     "sessions": {},
     "long_term": {"n_topics": 30, "n_favourites": 2, "session_len": 40.0, "p_session_item": 0.8,

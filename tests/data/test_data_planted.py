@@ -250,6 +250,23 @@ def test_popularity_scorer_and_auc():
     assert planted.gap_closed(0.6, 0.8) == pytest.approx(1 / 3)
 
 
+def _recent_window_shares(log: planted.PlantedLog, split) -> dict[str, float]:
+    """Over every user's last 30 positives before t1: the share in the session's topic, the
+    share in a favourite topic, the mean number of distinct sessions; and the favourite share
+    of all positives before t1 (docs/DATASETS.md, presets)."""
+    a, truth = _arrays(log), log.truth
+    before_t1 = np.flatnonzero(a["label"] & (split.parts == 0))
+    order = before_t1[np.lexsort((a["time"][before_t1], a["user"][before_t1]))]
+    user = a["user"][order]
+    rank_from_end = np.arange(len(order)) - np.searchsorted(user, user, side="right") + 1  # -n..0
+    last = order[rank_from_end > -30]
+    session_id = np.cumsum(np.r_[True, np.diff(truth.session_topic[last]) != 0] |
+                           np.r_[True, np.diff(a["user"][last]) != 0])
+    sessions = np.bincount(a["user"][last], weights=np.r_[1, np.diff(session_id) > 0])
+    return {"in_session": a["in_session"][last].mean(), "favourite": a["favourite"][last].mean(),
+            "sessions": sessions[sessions > 0].mean(), "favourite_all": a["favourite"][order].mean()}
+
+
 def test_default_knobs_order_chance_popularity_count_oracle():
     """At the real default size: 0.5 < popularity < counting < oracle on the same test rows,
     and the long-term term carries a large part of the oracle (docs/DATASETS.md numbers)."""
@@ -270,6 +287,9 @@ def test_default_knobs_order_chance_popularity_count_oracle():
     # at least as well as over the whole sequence (measured 68% against 59% of the gap)
     gaps = {k: v["gap_closed"] for k, v in summary["references"]["test"].items()}
     assert gaps["count_last_30"] > gaps["count_all_before"]
+    shares = _recent_window_shares(log, split)  # measured: 64% in session, 6.9 sessions, 40% favourites
+    assert 0.55 < shares["in_session"] < 0.75 and shares["sessions"] > 5
+    assert abs(shares["favourite"] - shares["favourite_all"]) < 0.05  # the window shows them
 
 
 def test_long_term_preset_hides_the_interest_from_the_recent_window():
@@ -286,6 +306,11 @@ def test_long_term_preset_hides_the_interest_from_the_recent_window():
     gaps = {k: v["gap_closed"] for k, v in summary["references"]["test"].items()}
     assert gaps["oracle_without_long_term"] < 0.4 and gaps["oracle_without_session"] > 0.8
     assert gaps["count_all_before"] > gaps["count_last_30"] + 0.15
+    # the last 30 positives: 82% in the session's topic over 2.7 sessions, 51% favourites
+    # against 61% of all positives before t1
+    shares = _recent_window_shares(log, split)
+    assert shares["in_session"] > 0.75 and 2 < shares["sessions"] < 3.5
+    assert shares["favourite_all"] > shares["favourite"] + 0.05
     assert summary["oracle"]["test"]["logloss"] < summary["oracle"]["test"]["base_logloss"]
 
 
