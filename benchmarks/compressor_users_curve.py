@@ -213,14 +213,14 @@ def write_table(csv_path: Path, md_path: Path) -> None:
     lines = ["Eval holistic loss (lower is better) on 50 held-out users of `prepare synthetic --option "
              "n_users=N` (default per-user knobs), same eval batches for every scorer. Gap = share of the "
              "popularity-to-oracle gap closed.", "",
-             "| experiment | knobs | users | CHIME best (step) | CHIME gap | probe best | probe gap | uniform | "
+             "| experiment | knobs | users | CHIME best (step of max) | CHIME gap | probe best | probe gap | uniform | "
              "popularity | co-occurrence | oracle | eff. rank / mean cos of z at best |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         f = {k: float(r[k]) for k in ("chime_best", "probe_best", "uniform", "popularity", "cooccurrence",
                                       "oracle", "chime_gap_closed", "probe_gap_closed", "eff_rank_at_best",
                                       "mean_cosine_at_best")}
-        lines.append(f"| {r.get('expid') or expid_of(r['command'])} | {r['knobs']} | {r['n_users']} | {f['chime_best']:.3f} ({r['best_step']}) | {f['chime_gap_closed']:.0%} | "
+        lines.append(f"| {r.get('expid') or expid_of(r['command'])} | {r['knobs']} | {r['n_users']} | {f['chime_best']:.3f} ({r['best_step']} of {r['max_steps']}) | {f['chime_gap_closed']:.0%} | "
                      f"{f['probe_best']:.3f} | {f['probe_gap_closed']:.0%} | {f['uniform']:.3f} | "
                      f"{f['popularity']:.3f} | {f['cooccurrence']:.3f} | {f['oracle']:.3f} | "
                      f"{f['eff_rank_at_best']:.2f} / {f['mean_cosine_at_best']:.3f} |")
