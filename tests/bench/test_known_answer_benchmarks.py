@@ -118,13 +118,13 @@ def test_users_curve_gap_and_table(tmp_path):
     assert curve.gap(7.6, popularity=7.5, oracle=7.0) == pytest.approx(-0.2)  # worse than popularity
     row = dict.fromkeys(curve.FIELDS, "0")
     row.update({"command": "python benchmarks/compressor_users_curve.py --sizes 1000", "knobs": "defaults", "expid": "",
-                "n_users": "1000", "best_step": "450", "chime_best": "7.25", "probe_best": "7.4", "uniform": "7.52",
+                "n_users": "1000", "best_step": "450", "max_steps": "600", "chime_best": "7.25", "probe_best": "7.4", "uniform": "7.52",
                 "popularity": "7.5", "cooccurrence": "7.3", "oracle": "7.0", "chime_gap_closed": "0.5",
                 "probe_gap_closed": "0.2", "eff_rank_at_best": "9.5", "mean_cosine_at_best": "0.2"})
     _write_csv(tmp_path / "curve.csv", [row])
     curve.write_table(tmp_path / "curve.csv", tmp_path / "curve.md")
     text = (tmp_path / "curve.md").read_text()
-    assert ("| CHIME_synthetic | defaults | 1000 | 7.250 (450) | 50% | 7.400 | 20% | 7.520 | 7.500 | 7.300 | 7.000 | "
+    assert ("| CHIME_synthetic | defaults | 1000 | 7.250 (450 of 600) | 50% | 7.400 | 20% | 7.520 | 7.500 | 7.300 | 7.000 | "
             "9.50 / 0.200 |") in text
     assert "`python benchmarks/compressor_users_curve.py --sizes 1000`" in text
 
