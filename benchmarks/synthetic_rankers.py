@@ -54,6 +54,8 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from fuxictr_chime.io import write_json_atomic, write_text_atomic  # noqa: E402
 DEFAULT_EXPERIMENTS = ("SimSoft", "ETA", "SDIM", "TWIN", "DIN", "DIN_full")
 DEFAULT_SEEDS = (2024, 2025, 2026)
 VARIANT_SUFFIXES = ("_CHIME", "_LEARN", "_HIST", "_STATS")
@@ -216,9 +218,7 @@ def check_knobs(out: Path, data: Path, *, write: bool = True) -> None:
             raise KnobsError(f"{path} was written for another planted log than {data / 'summary.json'} ({cells}); "
                              "prepare the data with the folder's knobs, or use another --out")
     elif write:
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(knobs, indent=1, sort_keys=True) + "\n")
-        tmp.replace(path)
+        write_json_atomic(path, knobs)
 
 
 def table(out: Path, data: Path, dataset_id: str, experiments: list[str], baseline: Path | None = None,
@@ -308,11 +308,9 @@ def main(argv: list[str] | None = None) -> None:
         text = table(args.out, args.data, args.dataset_id, args.experiments, args.baseline, pairs)
     except PairError as error:
         parser.error(f"{error} in {args.out / 'runs.csv'}")
-    target = args.out / "synthetic_rankers.md"
-    tmp = target.with_suffix(".md.tmp")
-    tmp.write_text(f"Table written by `python benchmarks/synthetic_rankers.py {shlex.join(sys.argv[1:])}`; "
-                   "each run's own command is in runs.csv.\n\n" + text)
-    tmp.replace(target)
+    write_text_atomic(args.out / "synthetic_rankers.md",
+                      f"Table written by `python benchmarks/synthetic_rankers.py {shlex.join(sys.argv[1:])}`; "
+                      "each run's own command is in runs.csv.\n\n" + text)
     print(text)
 
 

@@ -252,8 +252,9 @@ def test_popularity_scorer_and_auc():
 
 def _recent_window_shares(log: planted.PlantedLog, split) -> dict[str, float]:
     """Over every user's last 30 positives before t1: the share in the session's topic, the
-    share in a favourite topic, the mean number of distinct sessions; and the favourite share
-    of all positives before t1 (docs/DATASETS.md, presets)."""
+    share in a favourite topic, the mean number of sessions they span (runs of one session
+    topic: two consecutive sessions of the same topic count once); and the favourite share of
+    all positives before t1 (docs/DATASETS.md, presets)."""
     a, truth = _arrays(log), log.truth
     before_t1 = np.flatnonzero(a["label"] & (split.parts == 0))
     order = before_t1[np.lexsort((a["time"][before_t1], a["user"][before_t1]))]
