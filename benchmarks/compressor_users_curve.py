@@ -1,7 +1,7 @@
 """How much data does the compressor want? Eval holistic loss against the number of users.
 
 For each size N, ``fuxictr-chime prepare synthetic --option n_users=N`` writes a planted log with
-the default per-user knobs (so only the number of users changes), then
+the default per-user knobs or those of ``--option`` (so only the number of users changes), then
 
 * ``fuxictr-chime compress train --config model_zoo/CHIME/config --expid CHIME_synthetic --data D
   --max-steps S`` trains the shipped CHIME experiment; its best eval holistic loss is read from
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import os
 import shlex
 import subprocess
@@ -34,23 +35,51 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from benchmarks._known_answer import append_csv  # noqa: E402
 from benchmarks._known_answer import write_table as write_known_answer_table  # noqa: E402
+from fuxictr_chime.data.planted import PlantedKnobs  # noqa: E402
 from fuxictr_chime.io import atomic_path  # noqa: E402
+
+DEFAULT_PRESET = "long_term"  # the PlantedKnobs defaults (planted.PRESETS)
 
 FIELDS = ["time_utc", "command", "expid", "knobs", "n_users", "train_users", "eval_users", "max_steps", "best_step",
           "chime_best", "chime_last", "probe_best", "uniform", "popularity", "cooccurrence", "oracle",
           "chime_gap_closed", "probe_gap_closed", "eff_rank_at_best", "mean_cosine_at_best", "seconds"]
 
 
+def knobs_label(options: list[str]) -> str:
+    """The ``knobs`` column: the options, led by the preset (``preset=long_term``, the default,
+    when none is given), so a row says its knob set across changes of the defaults."""
+    if any(o.startswith("preset=") for o in options):
+        return " ".join(options)
+    return " ".join([f"preset={DEFAULT_PRESET}", *options])
+
+
+def expected_knobs(n_users: int, options: list[str]) -> dict:
+    """The knobs ``prepare synthetic --option n_users=N --option ...`` generates with."""
+    parsed = {key: yaml.safe_load(value) for key, _, value in (o.partition("=") for o in options)}
+    return PlantedKnobs.from_options(**{**parsed, "n_users": n_users}).as_dict()
+
+
 def prepare(n_users: int, options: list[str], data_root: Path) -> Path:
+    """The planted log of ``n_users`` users and ``options`` under ``data_root`` (prepared when
+    missing). A folder prepared earlier with other knobs (e.g. before a change of the defaults)
+    is refused with the knobs that differ, never silently reused."""
     folder = data_root / "_".join([f"u{n_users}", *(o.replace("=", "") for o in options)])
     if not (folder / "summary.json").exists():
         knobs = [arg for option in [f"n_users={n_users}", *options] for arg in ("--option", option)]
         subprocess.check_call([sys.executable, "-m", "fuxictr_chime.cli", "prepare", "synthetic", "--out",
                                str(folder), *knobs], cwd=ROOT)
+    found = json.loads((folder / "summary.json").read_text()).get("planted", {})
+    wanted = expected_knobs(n_users, options)
+    differ = [f"{k}: {found.get(k)!r} in the folder, {v!r} wanted" for k, v in wanted.items() if found.get(k) != v]
+    if differ:
+        raise SystemExit(f"{folder} was prepared with other knobs ({'; '.join(differ)}): remove it "
+                         "or pass --data-root to prepare the log afresh")
     return folder
 
 
@@ -166,7 +195,7 @@ def main(argv: list[str] | None = None) -> None:
         best = log["best"]
         refs = {name: float(best[f"ref_{name}"]) for name in ("uniform", "popularity", "cooccurrence", "oracle")}
         row = {"time_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "command": command,
-               "knobs": " ".join(args.option) or "defaults", "n_users": n, "train_users": n_train, "eval_users": n_eval, "max_steps": args.max_steps,
+               "knobs": knobs_label(args.option), "n_users": n, "train_users": n_train, "eval_users": n_eval, "max_steps": args.max_steps,
                "best_step": best["step"], "chime_best": float(best["holistic"]),
                "chime_last": float(log["last"]["holistic"]), "probe_best": probe, **refs,
                "chime_gap_closed": gap(float(best["holistic"]), refs["popularity"], refs["oracle"]),
@@ -211,7 +240,8 @@ def write_table(csv_path: Path, md_path: Path) -> None:
     with csv_path.open(newline="") as f:
         rows = list(csv.DictReader(f))
     lines = ["Eval holistic loss (lower is better) on 50 held-out users of `prepare synthetic --option "
-             "n_users=N` (default per-user knobs), same eval batches for every scorer. Gap = share of the "
+             "n_users=N` and the row's knobs (its preset: `long_term` is the default, `sessions` the default "
+             "until 2026-12-04), same eval batches for every scorer. Gap = share of the "
              "popularity-to-oracle gap closed.", "",
              "| experiment | knobs | users | CHIME best (step of max) | CHIME gap | probe best | probe gap | uniform | "
              "popularity | co-occurrence | oracle | eff. rank / mean cos of z at best |",

@@ -21,7 +21,8 @@ what the model does not make of it.
    ``--baseline``) to ``<out>/oracle_column.md``.
 
 With ``--normalize`` each user's row is divided by its sum (it sums to 1, as ``hist_ctrl`` does;
-the raw bonuses A_u(k) sum to 12 with the default knobs): the same truth at the scale of the
+the raw bonuses A_u(k) sum to long_affinity x n_favourites: 12 under the ``sessions`` preset of
+these runs, 8 with the default knobs): the same truth at the scale of the
 counting control, in its own view (``runs/data_normalized``), dataset id
 ``synthetic_oracle_normalized`` and experiments ``<Model>_ORACLE_normalized[_interaction]_synthetic``.
 
@@ -44,6 +45,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from benchmarks._known_answer import KnobsError, check_knobs  # noqa: E402
 from fuxictr_chime.io import write_parquet_atomic, write_text_atomic, write_yaml_atomic  # noqa: E402
 
 WIDTH = 64
@@ -151,7 +153,7 @@ def table(out: Path, baseline: Path, data: Path) -> str:
              "plain) / (oracle - plain)). `concatenated`: the column enters the final MLP like `chime_hist` (the "
              "spec); `column_interaction`: the MLP also gets the column's embedding times a projection of the "
              "target item; `normalized`: each user's row divided by its sum (1, as `hist_ctrl`; the raw bonuses "
-             "sum to 12 with the default knobs).", "",
+             "sum to long_affinity x n_favourites: 12 under the `sessions` preset, 8 with the default knobs).", "",
              "| comparison | seeds | w/ truth AUC | plain AUC | difference (per seed) | p | share of plain-to-oracle gap |",
              "|---|---|---|---|---|---|---|"]
     variants = {"concatenated": "", "column_interaction": "_interaction", "normalized, concatenated": "_normalized",
@@ -192,6 +194,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--table-only", action="store_true")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
+    try:  # one planted log per results folder, and the baseline's runs on the same log
+        check_knobs(args.out, args.data)
+        if args.baseline.exists():
+            check_knobs(args.baseline.parent, args.data, write=False)
+    except KnobsError as error:
+        parser.error(str(error))
     if not args.table_only:
         tag = "_normalized" if args.normalize else ""
         view, config = args.out / "runs" / f"data{tag}", args.out / "runs" / "config" / f"{args.model}{tag}"

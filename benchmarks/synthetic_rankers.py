@@ -2,7 +2,9 @@
 
 For each model and seed, ``fuxictr-chime run --config model_zoo/<M>/config --expid
 <expid>_synthetic --seed S`` trains to early stopping on the prepared folder (default
-``data/synthetic`` from ``fuxictr-chime prepare synthetic --out data/synthetic``). Every run's row
+``data/synthetic`` from ``fuxictr-chime prepare synthetic --out data/synthetic``; default results
+folder ``benchmarks/results/synthetic_long_term``, named after the preset that is the default).
+Every run's row
 goes to ``<out>/runs.csv`` (the runner's result CSV: test AUC, logloss, epochs run, best epoch,
 stopped early, base-rate logloss); finished (expid, seed) pairs are skipped, so a rerun resumes.
 Then ``<out>/synthetic_rankers.md`` gives, per experiment of runs.csv (those of ``--experiments``
@@ -14,7 +16,7 @@ The default grid is the acceptance of issue 12: SimSoft, ETA, SDIM and TWIN (eac
 least half of the gap, mean of 3 seeds) and DIN over the last 30 behaviours next to DIN over the
 whole sequence (``DIN_full``).
 
-    .venv/bin/python benchmarks/synthetic_rankers.py --out benchmarks/results/synthetic_rankers
+    .venv/bin/python benchmarks/synthetic_rankers.py
     .venv/bin/python benchmarks/synthetic_rankers.py --experiments TWIN DIN_full --seeds 1 --table-only
 
 With ``--baseline RUNS_CSV`` (the runs.csv of the plain models, e.g. the default grid's), every
@@ -23,15 +25,15 @@ plain model over the seeds both have: mean test-AUC difference, one-sided paired
 (higher is better), and the share of the gap between the plain model's AUC and the oracle's
 that the variant closes (issue 14's acceptance: significant at 5% and at least half the gap).
 
-    .venv/bin/python benchmarks/synthetic_rankers.py --out benchmarks/results/synthetic_chime \
-        --experiments DIN_CHIME DIN_HIST --baseline benchmarks/results/synthetic_rankers/runs.csv
+    .venv/bin/python benchmarks/synthetic_rankers.py --out benchmarks/results/synthetic_long_term_chime \
+        --experiments DIN_CHIME DIN_HIST --baseline benchmarks/results/synthetic_long_term/runs.csv
 
 A results folder belongs to one planted log: ``<out>/planted_knobs.json`` records the generator
-knobs of the data its runs used, and a run or table with data of other knobs is refused (e.g. the
-``long_term`` preset goes to its own folder):
+knobs of the data its runs used, and a run or table with data of other knobs is refused. The
+runs on the ``sessions`` preset (the default up to 2026-12-04) live in their own folders:
 
-    fuxictr-chime prepare synthetic --out data/synthetic --option preset=long_term
-    .venv/bin/python benchmarks/synthetic_rankers.py --out benchmarks/results/synthetic_long_term
+    fuxictr-chime prepare synthetic --out data/synthetic --option preset=sessions
+    .venv/bin/python benchmarks/synthetic_rankers.py --out benchmarks/results/synthetic_rankers
 
 ``--pairs A:B`` compares any two experiments of ``<out>/runs.csv`` the same way (A against B), e.g.
 the softmax DIN over the last 30 behaviours against longer windows:
@@ -55,7 +57,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from fuxictr_chime.io import write_json_atomic, write_text_atomic  # noqa: E402
+from benchmarks._known_answer import KnobsError, check_knobs  # noqa: E402
+from fuxictr_chime.io import write_text_atomic  # noqa: E402
+
 DEFAULT_EXPERIMENTS = ("SimSoft", "ETA", "SDIM", "TWIN", "DIN", "DIN_full")
 DEFAULT_SEEDS = (2024, 2025, 2026)
 VARIANT_SUFFIXES = ("_CHIME", "_LEARN", "_HIST", "_STATS")
@@ -194,33 +198,6 @@ def pair_lines(rows: dict[str, list[dict]], dataset_id: str, pairs: list[tuple[s
             "|---|---|---|---|---|---|---|", *lines]
 
 
-KNOBS_FILE = "planted_knobs.json"
-
-
-class KnobsError(ValueError):
-    """The prepared log's knobs differ from those of the runs already in the results folder."""
-
-
-def check_knobs(out: Path, data: Path, *, write: bool = True) -> None:
-    """Runs of one results folder must share one planted log: ``<out>/planted_knobs.json`` keeps
-    the generator knobs of ``<data>/summary.json`` (block ``planted``), written by the first call;
-    a later call with other knobs (e.g. ``prepare synthetic --option preset=long_term`` into the
-    same data folder) raises :class:`KnobsError` naming the knobs that differ."""
-    knobs = json.loads((data / "summary.json").read_text()).get("planted")
-    if knobs is None:
-        raise KnobsError(f"{data / 'summary.json'} has no 'planted' block: not a `prepare synthetic` folder")
-    path = out / KNOBS_FILE
-    if path.exists():
-        kept = json.loads(path.read_text())
-        differ = sorted(k for k in set(kept) | set(knobs) if kept.get(k) != knobs.get(k))
-        if differ:
-            cells = ", ".join(f"{k}: {kept.get(k)!r} in {path.name}, {knobs.get(k)!r} in the data" for k in differ)
-            raise KnobsError(f"{path} was written for another planted log than {data / 'summary.json'} ({cells}); "
-                             "prepare the data with the folder's knobs, or use another --out")
-    elif write:
-        write_json_atomic(path, knobs)
-
-
 def table(out: Path, data: Path, dataset_id: str, experiments: list[str], baseline: Path | None = None,
           pairs: list[tuple[str, str]] = ()) -> str:
     """``experiments`` first, then every other experiment of ``dataset_id`` in ``<out>/runs.csv`` (in
@@ -266,7 +243,10 @@ def table(out: Path, data: Path, dataset_id: str, experiments: list[str], baseli
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/synthetic_rankers")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/synthetic_long_term",
+                        help="results folder (default benchmarks/results/synthetic_long_term: the default "
+                             "knobs; benchmarks/results/synthetic_rankers and synthetic_chime hold the runs "
+                             "on --option preset=sessions)")
     parser.add_argument("--data", type=Path, default=ROOT / "data/synthetic",
                         help="the prepared planted log that dataset_configs/<dataset-id>.yaml points at (its summary.json holds the oracle; default data/synthetic)")
     parser.add_argument("--dataset-id", default="synthetic", help="experiment suffix (<Model>_<dataset_id>)")

@@ -53,7 +53,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="extra keyword for the preparer's loader (VALUE read as YAML), "
                              "e.g. --option min_user_actions=20; for synthetic a generator "
                              "knob, e.g. --option n_users=200, or a knob set, "
-                             "--option preset=long_term; repeatable")
+                             "--option preset=sessions; repeatable")
     parser.set_defaults(func=run_prepare)
 
 

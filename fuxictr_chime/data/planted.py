@@ -1,9 +1,10 @@
 """Planted-interest synthetic log (``fuxictr-chime prepare synthetic``): a known-answer dataset.
 
 The yardstick for both stages (spec section 2 data protocol; docs/DATASETS.md "Synthetic"):
-every user has a few stable long-term favourite topics that show up sparsely across a long
-history, while short sessions, each focused on one (mostly non-favourite) topic, dominate the
-recent behaviour. Each exposure's click probability comes from a known formula, so the best
+every user has a few stable long-term favourite topics that add up across a long history,
+while sessions, each focused on one (mostly non-favourite) topic, dominate the recent
+behaviour: by default (:data:`PRESETS` ``long_term``) a user's last 30 positives span about
+three sessions and miss much of what the whole history says. Each exposure's click probability comes from a known formula, so the best
 possible ranker (the **oracle**) is known exactly.
 
 Generative process (all vectorized numpy, deterministic given ``seed``):
@@ -90,18 +91,18 @@ class PlantedKnobs:
     Attributes:
         n_users: users (default 1000).
         n_items: items (default 4000), at least ``n_topics``.
-        n_topics: topics = item categories ``cate_id`` (default 50).
-        n_favourites: long-term favourite topics per user (default 3), < ``n_topics``.
+        n_topics: topics = item categories ``cate_id`` (default 30).
+        n_favourites: long-term favourite topics per user (default 2), < ``n_topics``.
         favourite_concentration: Dirichlet concentration of the favourite weights (default 5.0;
             large = equal weights).
         long_affinity: mean logit bonus of a favourite topic (default 4.0).
         events_per_user: mean exposures per user over the whole log (default 1200).
         history_spread: exposures per user vary uniformly by +-this share (default 0.5).
-        session_len: mean exposures per session (default 10.0, >= 1).
-        p_favourite_session: probability that a session's topic is a favourite (default 0.05).
-        p_session_item: probability that an exposure shows the session topic (default 0.5).
-        p_favourite_item: probability that an exposure shows a favourite topic (default 0.2).
-        session_affinity: logit bonus of the session topic (default 3.5).
+        session_len: mean exposures per session (default 40.0, >= 1).
+        p_favourite_session: probability that a session's topic is a favourite (default 0.25).
+        p_session_item: probability that an exposure shows the session topic (default 0.8).
+        p_favourite_item: probability that an exposure shows a favourite topic (default 0.1).
+        session_affinity: logit bonus of the session topic (default 2.5).
         base_ctr: click probability of a quality-0 item outside the user's favourites and
             session (default 0.03).
         quality_std: standard deviation of the item-quality logit (default 0.3).
@@ -113,17 +114,17 @@ class PlantedKnobs:
 
     n_users: int = 1000
     n_items: int = 4000
-    n_topics: int = 50
-    n_favourites: int = 3
+    n_topics: int = 30
+    n_favourites: int = 2
     favourite_concentration: float = 5.0
     long_affinity: float = 4.0
     events_per_user: int = 1200
     history_spread: float = 0.5
-    session_len: float = 10.0
-    p_favourite_session: float = 0.05
-    p_session_item: float = 0.5
-    p_favourite_item: float = 0.2
-    session_affinity: float = 3.5
+    session_len: float = 40.0
+    p_favourite_session: float = 0.25
+    p_session_item: float = 0.8
+    p_favourite_item: float = 0.1
+    session_affinity: float = 2.5
     base_ctr: float = 0.03
     quality_std: float = 0.3
     dense_dim: int = 16
@@ -179,18 +180,20 @@ class PlantedKnobs:
 
 
 #: Named knob sets (``--option preset=NAME``; other options override single knobs).
-#: ``sessions`` is the default: sessions dominate the recent positives and carry about half of
-#: the oracle's gap; the last 30 positives span about 7 sessions and hold the favourites in
-#: the same share as the whole history. ``long_term``: long sessions (40 exposures, 80% in the
-#: session's topic) fill the last 30 positives with 2.7 sessions, while the favourites (30
-#: topics, 2 favourites) add up over the whole history and carry most of the gap (oracle
-#: without them: 20%; without sessions: 91%), so counting a user's topics over all positives
-#: before a row closes clearly more of the gap than over the last 30 (summary.json
-#: ``count_all_before`` against ``count_last_30``; docs/DATASETS.md, tests/data).
+#: ``long_term`` is the default (the knobs above): long sessions (40 exposures, 80% in the
+#: session's topic) fill a user's last 30 positives with about 3 sessions, while the
+#: favourites (30 topics, 2 favourites) add up over the whole history and carry most of the
+#: oracle's gap (oracle without them: 20%; without sessions: 91%), so counting a user's topics
+#: over all positives before a row closes clearly more of the gap than over the last 30
+#: (summary.json ``count_all_before`` against ``count_last_30``). ``sessions`` is the default
+#: until 2026-12-04, which the earlier planted-log results used: short sessions dominate the
+#: recent positives and carry about half of the gap, and the last 30 positives span about 7
+#: sessions and hold the favourites in the same share as the whole history
+#: (docs/DATASETS.md, presets; tests/data/test_data_planted.py).
 PRESETS: dict[str, dict] = {
-    "sessions": {},
-    "long_term": {"n_topics": 30, "n_favourites": 2, "session_len": 40.0, "p_session_item": 0.8,
-                  "p_favourite_item": 0.1, "p_favourite_session": 0.25, "session_affinity": 2.5},
+    "long_term": {},
+    "sessions": {"n_topics": 50, "n_favourites": 3, "session_len": 10.0, "p_session_item": 0.5,
+                 "p_favourite_item": 0.2, "p_favourite_session": 0.05, "session_affinity": 3.5},
 }
 
 

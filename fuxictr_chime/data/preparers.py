@@ -79,7 +79,7 @@ PREPARERS: dict[str, Preparer] = {p.name: p for p in (
     Preparer("synthetic", "fuxictr_chime.data.planted", "q0.6", "q0.9", None, False,
              "planted-interest log with known click probabilities (no raw folder); "
              "summary.json: oracle and reference AUCs; knobs via --option, e.g. "
-             "--option n_users=200 or --option preset=long_term (docs/DATASETS.md)"),
+             "--option n_users=200 or --option preset=sessions (docs/DATASETS.md)"),
 )}
 
 

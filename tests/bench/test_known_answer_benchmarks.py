@@ -129,6 +129,26 @@ def test_users_curve_gap_and_table(tmp_path):
     assert "`python benchmarks/compressor_users_curve.py --sizes 1000`" in text
 
 
+def test_users_curve_labels_the_preset_and_refuses_a_folder_of_other_knobs(tmp_path):
+    """A row names its knob set with the preset first (the default's when none is given), and a
+    data folder prepared with other knobs (e.g. under the former defaults) is never reused."""
+    curve = _script("compressor_users_curve")
+    from fuxictr_chime.data.planted import PlantedKnobs
+
+    assert curve.knobs_label([]) == "preset=long_term"
+    assert curve.knobs_label(["base_ctr=0.1"]) == "preset=long_term base_ctr=0.1"
+    assert curve.knobs_label(["preset=sessions", "seed=2"]) == "preset=sessions seed=2"
+    wanted = PlantedKnobs.from_options(preset="sessions", n_users=300, seed=2).as_dict()
+    assert curve.expected_knobs(300, ["preset=sessions", "seed=2"]) == wanted
+    folder = tmp_path / "u300_presetsessions_seed2"
+    folder.mkdir()
+    (folder / "summary.json").write_text(json.dumps({"planted": wanted}))
+    assert curve.prepare(300, ["preset=sessions", "seed=2"], tmp_path) == folder  # same knobs: reused
+    (folder / "summary.json").write_text(json.dumps({"planted": {**wanted, "n_topics": 30}}))
+    with pytest.raises(SystemExit, match="n_topics: 30 in the folder, 50 wanted"):
+        curve.prepare(300, ["preset=sessions", "seed=2"], tmp_path)
+
+
 def test_users_curve_adds_the_experiment_column_to_an_older_csv(tmp_path):
     """Rows written before the ``expid`` column get it from their command line; the rewrite keeps
     every row and appends the new one."""
@@ -206,18 +226,38 @@ def test_synthetic_rankers_keeps_one_planted_log_per_results_folder(tmp_path, ca
     _write_csv(out / "runs.csv", [{"expid": "DIN_synthetic", "seed": 1, "test_AUC": 0.7, "test_logloss": 0.6,
                                    "epochs_run": 5, "best_epoch": 3, "stopped_early": "True"}])
     rankers.main(["--out", str(out), "--data", str(data), "--table-only"])
-    assert json.loads((out / rankers.KNOBS_FILE).read_text()) == summary["planted"]
+    assert json.loads((out / "planted_knobs.json").read_text()) == summary["planted"]
     table = (out / "synthetic_rankers.md").read_text()
     (data / "summary.json").write_text(json.dumps({**summary, "planted": {"n_topics": 20, "seed": 0}}))
     with pytest.raises(SystemExit):
         rankers.main(["--out", str(out), "--data", str(data), "--table-only"])
     assert "n_topics: 50 in planted_knobs.json, 20 in the data" in capsys.readouterr().err
-    assert json.loads((out / rankers.KNOBS_FILE).read_text())["n_topics"] == 50
+    assert json.loads((out / "planted_knobs.json").read_text())["n_topics"] == 50
     assert (out / "synthetic_rankers.md").read_text() == table
     (data / "summary.json").write_text(json.dumps({"oracle": summary["oracle"]}))
     with pytest.raises(SystemExit):
         rankers.main(["--out", str(out), "--data", str(data), "--table-only"])
     assert "has no 'planted' block" in capsys.readouterr().err
+
+
+def test_synthetic_rankers_names_the_preset_of_a_folders_log(tmp_path):
+    """A results folder made on a preset's log (e.g. the sessions preset, the former default)
+    refused with the default log: the message gives the prepare command of that preset."""
+    rankers = _script("synthetic_rankers")
+    from fuxictr_chime.data.planted import PlantedKnobs
+
+    data, out = tmp_path / "data", tmp_path / "out"
+    data.mkdir()
+    out.mkdir()
+    (out / "planted_knobs.json").write_text(json.dumps(PlantedKnobs.from_options(preset="sessions").as_dict()))
+    (data / "summary.json").write_text(json.dumps({"planted": PlantedKnobs().as_dict()}))
+    with pytest.raises(rankers.KnobsError, match="n_topics: 50 in planted_knobs.json, 30 in the data") as error:
+        rankers.check_knobs(out, data)
+    assert f"--out {data} --option preset=sessions" in str(error.value)
+    (out / "planted_knobs.json").write_text(json.dumps({**PlantedKnobs().as_dict(), "n_topics": 40}))
+    with pytest.raises(rankers.KnobsError) as error:
+        rankers.check_knobs(out, data)
+    assert "preset=" not in str(error.value)  # knobs of no preset: no prepare command to offer
 
 
 def test_synthetic_rankers_interrupted_run_releases_its_claim(tmp_path, monkeypatch):
