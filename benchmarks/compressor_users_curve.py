@@ -41,10 +41,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from benchmarks._known_answer import append_csv  # noqa: E402
 from benchmarks._known_answer import write_table as write_known_answer_table  # noqa: E402
-from fuxictr_chime.data.planted import PlantedKnobs  # noqa: E402
+from fuxictr_chime.data.planted import PRESETS, PlantedKnobs  # noqa: E402
 from fuxictr_chime.io import atomic_path  # noqa: E402
 
-DEFAULT_PRESET = "long_term"  # the PlantedKnobs defaults (planted.PRESETS)
+#: the preset whose knobs are the PlantedKnobs defaults (``long_term``)
+DEFAULT_PRESET = next(name for name in PRESETS if PlantedKnobs.from_options(preset=name) == PlantedKnobs())
 
 FIELDS = ["time_utc", "command", "expid", "knobs", "n_users", "train_users", "eval_users", "max_steps", "best_step",
           "chime_best", "chime_last", "probe_best", "uniform", "popularity", "cooccurrence", "oracle",

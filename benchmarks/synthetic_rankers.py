@@ -30,7 +30,7 @@ that the variant closes (issue 14's acceptance: significant at 5% and at least h
 
 A results folder belongs to one planted log: ``<out>/planted_knobs.json`` records the generator
 knobs of the data its runs used, and a run or table with data of other knobs is refused. The
-runs on the ``sessions`` preset (the default up to 2026-12-04) live in their own folders:
+runs on the ``sessions`` preset (the default until 2026-12-04) live in their own folders:
 
     fuxictr-chime prepare synthetic --out data/synthetic --option preset=sessions
     .venv/bin/python benchmarks/synthetic_rankers.py --out benchmarks/results/synthetic_rankers
