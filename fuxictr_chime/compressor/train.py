@@ -99,7 +99,7 @@ class _State:
 def pinned_cpu_threads(threads: int | None, device: torch.device) -> Iterator[None]:
     """Run the block with torch's intra-op thread count at ``threads`` (``optim.cpu_threads``)
     when ``device`` is the CPU, and restore the previous count after it; a no-op for ``None`` or
-    an accelerator. A CPU run repeats to the digit only for a fixed thread count."""
+    an accelerator. A CPU run repeats to the digit only for a fixed thread count, on one kind of CPU."""
     if threads is None or device.type != "cpu":
         yield
         return
