@@ -241,8 +241,8 @@ class OptimConfig(_Section):
     count); the most recent ``max_len`` = 1000 behaviors per user. ``cpu_threads``: torch's
     intra-op thread count while training or exporting on CPU (null: torch's default, one per
     core). A CPU run repeats to the digit only for a fixed thread count, because float sums
-    then run in the same order; pin it to make a run repeat on machines with other core counts (of the same kind of CPU:
-    another instruction set may round differently)."""
+    then run in the same order; pin it to make a run repeat on machines with other core counts
+    (of the same kind of CPU: another instruction set may round differently)."""
 
     section: typing.ClassVar[str] = "optim"
     lr_new: float = 7e-4

@@ -4,8 +4,8 @@ The yardstick for both stages (spec section 2 data protocol; docs/DATASETS.md "S
 every user has a few stable long-term favourite topics that add up across a long history,
 while sessions, each focused on one (mostly non-favourite) topic, dominate the recent
 behaviour: by default (:data:`PRESETS` ``long_term``) a user's last 30 positives span about
-three sessions and miss much of what the whole history says. Each exposure's click probability comes from a known formula, so the best
-possible ranker (the **oracle**) is known exactly.
+three sessions and miss much of what the whole history says. Each exposure's click probability
+comes from a known formula, so the best possible ranker (the **oracle**) is known exactly.
 
 Generative process (all vectorized numpy, deterministic given ``seed``):
 
