@@ -494,16 +494,17 @@ def test_shipped_dataset_config_matches_the_default_knobs():
     topics (50; the default log uses codes 1..30 of it)."""
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     config = yaml.safe_load(open(os.path.join(repo, "dataset_configs", "synthetic.yaml")))
-    assert list(config) == ["synthetic", "synthetic_chime", "synthetic_learn", "synthetic_hist"]
+    assert list(config) == ["synthetic", "synthetic_chime", "synthetic_learn", "synthetic_hist", "synthetic_stats"]
     knobs = PlantedKnobs()
     for dataset_id, column in (("synthetic", None), ("synthetic_chime", "chime_hist"),
-                               ("synthetic_learn", "learn_emb"), ("synthetic_hist", "hist_ctrl")):
+                               ("synthetic_learn", "learn_emb"), ("synthetic_hist", "hist_ctrl"),
+                               ("synthetic_stats", "stats_ctrl")):
         block = config[dataset_id]
         cols = {str(c["name"]): c for c in block["feature_cols"]}
         assert cols["item_id"]["vocab_size"] == knobs.n_items + 1
         assert cols["cate_id"]["vocab_size"] == max(
             PlantedKnobs.from_options(preset=name).n_topics for name in planted.PRESETS) + 1
         assert cols["side_emb"]["pretrain_dim"] == knobs.dense_dim
-        assert {n for n in ("chime_hist", "learn_emb", "hist_ctrl") if cols.get(n, {}).get("active")} == \
+        assert {n for n in ("chime_hist", "learn_emb", "hist_ctrl", "stats_ctrl") if cols.get(n, {}).get("active")} == \
             ({column} if column else set())
         assert block["train_data"] == "../data/synthetic/train.parquet" and block["max_len"] == 1000

@@ -161,15 +161,17 @@ def test_cli_compress_train_then_export(data_dir, tmp_path, capsys):
 def test_model_zoo_learn_experiments_load_and_mirror_chime():
     blocks, _ = read_experiment_blocks(LEARN_ZOO)
     expids = sorted(k for k in blocks if k != "Base")
-    assert {"LEARN_movielens", "LEARN_microvideo", "LEARN_tmall", "LEARN_ebnerd"} <= set(expids)
+    assert {"LEARN_movielens", "LEARN_microvideo", "LEARN_tmall", "LEARN_ebnerd", "LEARN_synthetic"} <= set(expids)
     for expid in expids:
         config, raw = load_experiment(LEARN_ZOO, expid, config_class=LEARNConfig)
         assert isinstance(config, LEARNConfig) and raw["model"] == "LEARN", expid
         assert config.learn.output_dim == 64, expid  # the width of CHIME's histogram
         dataset = raw["dataset_id"]
         assert Path(config.data_dir) == REPO / "data" / dataset and Path(config.output_dir) == REPO / "runs" / expid
-        # same data, window, user-tower size and optimizer budget as CHIME_<dataset>
-        chime, _ = load_experiment(CHIME_ZOO, f"CHIME_{dataset}", config_class=CHIMEConfig)
+        # same data, window, user-tower size and optimizer budget as CHIME_<dataset> (on the planted
+        # log: as CHIME_synthetic_small_data, the setting of the committed chime_hist column)
+        mirror = "CHIME_synthetic_small_data" if dataset == "synthetic" else f"CHIME_{dataset}"
+        chime, _ = load_experiment(CHIME_ZOO, mirror, config_class=CHIMEConfig)
         assert config.data_dir == chime.data_dir, expid
         assert config.backbone.to_dict() == chime.backbone.to_dict(), expid
         assert config.optim.to_dict() == chime.optim.to_dict(), expid

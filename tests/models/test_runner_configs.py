@@ -50,11 +50,12 @@ def test_every_zoo_model_has_all_experiments():
     for model in ZOO_MODELS:
         ids = set(runner.list_experiments(REPO / "model_zoo" / model / "config"))
         expected = {f"{model}{v}_{d}" for v in ("", "_CHIME", "_LEARN") for d in DATASETS}
-        expected |= {f"{model}_HIST_synthetic"}  # the counting control on the planted log
+        expected |= {f"{model}_{c}_synthetic" for c in ("HIST", "STATS")}  # the controls on the planted log
         if model == "DIN":  # LongCTR's DIN: short_len = max_len (test_din_full_is_din_over_max_len)
             expected |= {f"DIN_full{v}_{d}" for v in ("", "_CHIME", "_LEARN") for d in DATASETS}
             expected |= {"DIN_softmax_synthetic", "DIN_full_softmax_synthetic",  # test_din_softmax_pair
                          "DIN_softmax_CHIME_synthetic", "DIN_softmax_HIST_synthetic",
+                         "DIN_softmax_STATS_synthetic", "DIN_softmax_LEARN_synthetic",
                          "DIN_softmax_interaction_CHIME_synthetic",  # test_din_softmax_interaction_pair
                          "DIN_softmax_interaction_HIST_synthetic",
                          "DIN_10_softmax_synthetic", "DIN_100_softmax_synthetic",  # test_din_softmax_windows
@@ -75,7 +76,7 @@ def test_fuxictr_load_config_and_registry(config_dir, expid):
     assert params["metrics"] == ["AUC", "gAUC", "logloss"]
     ours = runner.load_experiment(config_dir, expid)
     model_cls = runner.load_model_class(ours["model"])
-    column = {"_CHIME": "chime_hist", "_LEARN": "learn_emb", "_HIST": "hist_ctrl"}
+    column = {"_CHIME": "chime_hist", "_LEARN": "learn_emb", "_HIST": "hist_ctrl", "_STATS": "stats_ctrl"}
     active_cols = {n for c in params["feature_cols"] if c["active"]  # FuxiCTR's merge
                    for n in (c["name"] if isinstance(c["name"], list) else [c["name"]])}
     for suffix, name in column.items():  # "X w/ CHIME": a dataset id with the column active
@@ -136,9 +137,9 @@ def test_din_full_is_din_over_max_len(dataset, variant):
     assert {k for k in set(full) | set(din) if full.get(k) != din.get(k)} == {"short_len", "model_id"}
 
 
-@pytest.mark.parametrize("base", ["DIN", "DIN_full", "DIN_CHIME", "DIN_HIST"])
+@pytest.mark.parametrize("base", ["DIN", "DIN_full", "DIN_CHIME", "DIN_HIST", "DIN_STATS", "DIN_LEARN"])
 def test_din_softmax_pair(base):
-    """DIN[_full]_softmax[_CHIME|_HIST]_synthetic = the same experiment without ``_softmax`` but with
+    """DIN[_full]_softmax[_CHIME|_HIST|_STATS|_LEARN]_synthetic = the same experiment without ``_softmax`` but with
     DIN's softmax weighting; nothing else differs (the pair that separates the attention's
     normalization from the sequence length, and the column's gain on either DIN)."""
     config_dir = REPO / "model_zoo" / "DIN" / "config"
