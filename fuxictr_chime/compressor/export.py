@@ -190,7 +190,8 @@ def update_dataset_config(path: Path, spec: Mapping[str, Any]) -> Path | None:
 def format_codebook_table(stats: Mapping[str, Any]) -> str:
     """Paper Table 5 style text: one line per codebook with size, hit ratio and perplexity."""
     if not stats.get("hit_ratio"):
-        return f"{stats.get('column')}: no codebooks (w/o ICM: average-pooled vector)"
+        what = "LEARN's user vector" if stats.get("column") == "learn_emb" else "w/o ICM: average-pooled vector"
+        return f"{stats.get('column')}: no codebooks ({what})"
     lines = ["codebook  size  hit_ratio  perplexity"]
     for m, (size, hit, ppl) in enumerate(zip(stats["codebook_sizes"], stats["hit_ratio"], stats["perplexity"])):
         lines.append(f"{m + 1:>8}  {size:>4}  {100 * hit:>8.1f}%  {ppl:>10.2f}")

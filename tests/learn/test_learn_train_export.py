@@ -154,7 +154,7 @@ def test_cli_compress_train_then_export(data_dir, tmp_path, capsys):
                  "--no-progress"]) == 0
     printed = capsys.readouterr().out
     assert f"wrote learn_emb (64 floats) for {N_USERS} users ({N_USERS - WITHOUT_HISTORY} with history)" in printed
-    assert "no codebooks" in printed
+    assert "learn_emb: no codebooks (LEARN's user vector)" in printed and "average-pooled" not in printed
     assert _learn_emb(data_dir).shape == (N_USERS + 1, 64)
 
 
