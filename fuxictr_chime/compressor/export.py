@@ -86,7 +86,8 @@ def export(checkpoint_dir: str | os.PathLike, data_dir: str | os.PathLike, *, co
         cfg_path = update_dataset_config(data_dir / DATASET_CONFIG, feature_spec(column, width))
         if cfg_path is not None:
             files["dataset_config"] = str(cfg_path)
-        stats = _stats(model, codes, column, width, len(users), len(data.users_with_history()))
+        stats = {"compressor": ckpt.compressor,
+                 **_stats(model, codes, column, width, len(users), len(data.users_with_history()))}
         if stats.get("hit_ratio"):
             path = data_dir / f"{column}_codebooks.json"
             write_json_atomic(path, {k: stats[k] for k in ("column", "codebook_sizes", "hit_ratio", "perplexity",
@@ -190,7 +191,7 @@ def update_dataset_config(path: Path, spec: Mapping[str, Any]) -> Path | None:
 def format_codebook_table(stats: Mapping[str, Any]) -> str:
     """Paper Table 5 style text: one line per codebook with size, hit ratio and perplexity."""
     if not stats.get("hit_ratio"):
-        what = "LEARN's user vector" if stats.get("column") == "learn_emb" else "w/o ICM: average-pooled vector"
+        what = "LEARN's user vector" if stats.get("compressor") == "LEARN" else "w/o ICM: average-pooled vector"
         return f"{stats.get('column')}: no codebooks ({what})"
     lines = ["codebook  size  hit_ratio  perplexity"]
     for m, (size, hit, ppl) in enumerate(zip(stats["codebook_sizes"], stats["hit_ratio"], stats["perplexity"])):

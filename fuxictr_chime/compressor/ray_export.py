@@ -73,7 +73,7 @@ def export_ray(checkpoint_dir: str | os.PathLike, data_dir: str | os.PathLike, *
     started = time.perf_counter()
     _check_settings(num_workers, cpus_per_worker, gpus_per_worker, rows_per_task, batch_size)
     ckpt = load_checkpoint(checkpoint_dir, trainer=False)
-    spec = get_compressor(ckpt.compressor)
+    spec, compressor = get_compressor(ckpt.compressor), ckpt.compressor
     column, data_dir = column or spec.column, Path(data_dir)
     config = ckpt.config
     items = RepresentationShard(data_dir, max_len=config.optim.max_len)
@@ -98,7 +98,7 @@ def export_ray(checkpoint_dir: str | os.PathLike, data_dir: str | os.PathLike, *
     cfg_path = update_dataset_config(data_dir / DATASET_CONFIG, feature_spec(column, width))
     if cfg_path is not None:
         files["dataset_config"] = str(cfg_path)
-    stats: dict[str, Any] = {"column": column, "width": width, "users": len(users),
+    stats: dict[str, Any] = {"compressor": compressor, "column": column, "width": width, "users": len(users),
                              "users_with_history": n_history, "positions": positions if sizes else None}
     if sizes and positions:
         stats["codebook_sizes"] = list(sizes)

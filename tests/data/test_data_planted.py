@@ -26,6 +26,7 @@ from fuxictr_chime.data.planted import PlantedKnobs, count_scorer, popularity_sc
 from fuxictr_chime.data.split import split_by_time
 from fuxictr_chime.data.writer import write_prepared
 from fuxictr_chime.errors import ConfigError, DataError
+from fuxictr_chime.models.base import COMPRESSED_COLUMNS
 
 from .test_data_writer import LAYOUT
 
@@ -494,7 +495,8 @@ def test_shipped_dataset_config_matches_the_default_knobs():
     topics (50; the default log uses codes 1..30 of it)."""
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     config = yaml.safe_load(open(os.path.join(repo, "dataset_configs", "synthetic.yaml")))
-    assert list(config) == ["synthetic", "synthetic_chime", "synthetic_learn", "synthetic_hist", "synthetic_stats"]
+    assert list(config) == ["synthetic", "synthetic_chime", "synthetic_learn", "synthetic_hist",
+                            "synthetic_stats"]
     knobs = PlantedKnobs()
     for dataset_id, column in (("synthetic", None), ("synthetic_chime", "chime_hist"),
                                ("synthetic_learn", "learn_emb"), ("synthetic_hist", "hist_ctrl"),
@@ -505,6 +507,5 @@ def test_shipped_dataset_config_matches_the_default_knobs():
         assert cols["cate_id"]["vocab_size"] == max(
             PlantedKnobs.from_options(preset=name).n_topics for name in planted.PRESETS) + 1
         assert cols["side_emb"]["pretrain_dim"] == knobs.dense_dim
-        assert {n for n in ("chime_hist", "learn_emb", "hist_ctrl", "stats_ctrl") if cols.get(n, {}).get("active")} == \
-            ({column} if column else set())
+        assert {n for n in COMPRESSED_COLUMNS if cols.get(n, {}).get("active")} == ({column} if column else set())
         assert block["train_data"] == "../data/synthetic/train.parquet" and block["max_len"] == 1000

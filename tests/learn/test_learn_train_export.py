@@ -158,10 +158,22 @@ def test_cli_compress_train_then_export(data_dir, tmp_path, capsys):
     assert _learn_emb(data_dir).shape == (N_USERS + 1, 64)
 
 
+def test_codebook_table_names_the_compressor_not_the_column():
+    """A LEARN export under another column name (``--column``) is still LEARN's vector, and CHIME
+    w/o ICM (no codebooks either) keeps its own wording."""
+    from fuxictr_chime.compressor.export import format_codebook_table
+
+    assert format_codebook_table({"compressor": "LEARN", "column": "my_vec"}) == \
+        "my_vec: no codebooks (LEARN's user vector)"
+    assert format_codebook_table({"compressor": "CHIME", "column": "learn_emb"}) == \
+        "learn_emb: no codebooks (w/o ICM: average-pooled vector)"
+
+
 def test_model_zoo_learn_experiments_load_and_mirror_chime():
     blocks, _ = read_experiment_blocks(LEARN_ZOO)
     expids = sorted(k for k in blocks if k != "Base")
-    assert {"LEARN_movielens", "LEARN_microvideo", "LEARN_tmall", "LEARN_ebnerd", "LEARN_synthetic"} <= set(expids)
+    assert {"LEARN_movielens", "LEARN_microvideo", "LEARN_tmall", "LEARN_ebnerd",
+            "LEARN_synthetic"} <= set(expids)
     for expid in expids:
         config, raw = load_experiment(LEARN_ZOO, expid, config_class=LEARNConfig)
         assert isinstance(config, LEARNConfig) and raw["model"] == "LEARN", expid

@@ -139,8 +139,8 @@ def test_din_full_is_din_over_max_len(dataset, variant):
 
 @pytest.mark.parametrize("base", ["DIN", "DIN_full", "DIN_CHIME", "DIN_HIST", "DIN_STATS", "DIN_LEARN"])
 def test_din_softmax_pair(base):
-    """DIN[_full]_softmax[_CHIME|_HIST|_STATS|_LEARN]_synthetic = the same experiment without ``_softmax`` but with
-    DIN's softmax weighting; nothing else differs (the pair that separates the attention's
+    """DIN[_full]_softmax[_CHIME|_HIST|_STATS|_LEARN]_synthetic = the same experiment without
+    ``_softmax`` but with DIN's softmax weighting; nothing else differs (the pair that separates the attention's
     normalization from the sequence length, and the column's gain on either DIN)."""
     config_dir = REPO / "model_zoo" / "DIN" / "config"
     name = base.replace("DIN_full", "DIN_full_softmax") if "full" in base else base.replace("DIN", "DIN_softmax")
