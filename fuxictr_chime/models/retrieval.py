@@ -272,7 +272,8 @@ def sdim_aggregate(table: torch.Tensor, index: torch.Tensor, mask: torch.Tensor,
     Args:
         table: (U, D) embeddings of the distinct items of the batch.
         index: (B, L) row of ``table`` per history position. mask: (B, L) bool.
-        codes: (U, G) int64 code per distinct item and signature.
+        codes: (U, G) integer code per distinct item and signature (any integer dtype;
+            :func:`sdim_interest` passes the narrowest, :func:`code_dtype`).
         target_index: (B,) row of ``table`` of each target.
 
     Returns:
@@ -322,8 +323,19 @@ def sdim_interest(table: torch.Tensor, index: torch.Tensor, mask: torch.Tensor,
     Returns:
         (B, D).
     """
-    codes = bucket_codes(bits, hash_bits)  # (U, H)
+    codes = bucket_codes(bits, hash_bits).to(code_dtype(hash_bits))  # (U, H)
     return sdim_aggregate(table, index, mask, codes, target_index, l2_norm)  # (B, D)
+
+
+def code_dtype(width: int) -> torch.dtype:
+    """The narrowest integer dtype that holds a ``width``-bit SDIM bucket: uint8 up to 8 bits,
+    then int16, int32, int64. :func:`sdim_aggregate` gathers the codes per history position,
+    a (B, L, num_hashes) tensor, so SDIM's 3-bit codes as uint8 move an eighth of the memory
+    of int64 (same comparisons, same result)."""
+    for dtype, bits in ((torch.uint8, 8), (torch.int16, 15), (torch.int32, 31)):
+        if width <= bits:
+            return dtype
+    return torch.int64
 
 
 def sdim_hash_reference(vecs: torch.Tensor, projection: torch.Tensor, num_hashes: int,

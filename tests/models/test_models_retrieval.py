@@ -7,7 +7,7 @@ import torch
 from fuxictr_chime.errors import ConfigError
 from fuxictr_chime.models.item_table import ItemHistory
 from fuxictr_chime.models.retrieval import (
-    SimHash, TargetAttention, bucket_codes, hamming_distance, hamming_distance_reference,
+    SimHash, TargetAttention, bucket_codes, code_dtype, hamming_distance, hamming_distance_reference,
     masked_softmax, pack_bits, popcount, recency_tiebreak, sdim_aggregate,
     sdim_aggregate_reference, sdim_hash_reference, sdim_interest, sdim_interest_reference,
     target_attention, target_attention_reference, topk_gather, topk_gather_reference)
@@ -182,6 +182,32 @@ def test_simhash_resample_draws_a_fresh_projection_from_the_global_rng():
     torch.manual_seed(3)
     assert torch.equal(x @ torch.randn(5, 12) > 0, a)  # same draw as randn_like(projection)
     assert torch.equal(simhash(x), x @ simhash.projection > 0)  # buffer untouched
+
+
+@pytest.mark.parametrize("hash_bits", [8, 9, 20])
+def test_sdim_interest_with_wide_codes_matches_brute_force_loop(hash_bits):
+    """Codes of 8, 9 and 20 bits (uint8, int16, int32 inside sdim_interest): the same sums as
+    the brute-force loop; each history holds its target, so every signature collides."""
+    gen = torch.Generator().manual_seed(5)
+    table, index, mask, target = _history(gen, batch=4, length=8, n_items=12, dim=6)
+    mask[:, 0] = True
+    index[:, 0] = target  # the target's own item collides with it in every signature
+    projection = torch.randn(6, 3 * hash_bits, generator=gen)
+    bits = (table.detach() @ projection) > 0
+    fast = sdim_interest(table, index, mask, target, bits, hash_bits)
+    ref = sdim_interest_reference(table[index], mask, table[target], projection, 3, hash_bits)
+    assert torch.allclose(fast, ref, atol=1e-6) and (fast.abs().sum(-1) > 0).all()
+
+
+@pytest.mark.parametrize("width, dtype, top", [
+    (1, torch.uint8, 1), (8, torch.uint8, 255), (9, torch.int16, 511), (15, torch.int16, 32767),
+    (16, torch.int32, 65535), (31, torch.int32, 2 ** 31 - 1), (32, torch.int64, 2 ** 32 - 1),
+    (62, torch.int64, 2 ** 62 - 1)])
+def test_code_dtype_holds_the_largest_code_of_its_width(width, dtype, top):
+    """All bits set is the largest bucket of a width: its narrow code reads back unchanged."""
+    code = bucket_codes(torch.ones(1, width, dtype=torch.bool), width)  # (1, 1) int64
+    assert code_dtype(width) == dtype and int(code) == top
+    assert int(code.to(dtype)) == top
 
 
 @pytest.mark.parametrize("num_hashes, hash_bits", [(1, 4), (2, 4), (5, 2), (3, 1)])
