@@ -28,10 +28,18 @@ test split. ``--seeds`` repeats every model per seed (one row each, with ``seed`
 and the best epoch of both sides). ``DIN`` is LongCTR's DIN, i.e. ours over the whole sequence
 (``short_len = max_len``). Samples/s is always the first epoch after ``--warmup`` batches.
 
+**Time-only mode**: ``--data DIR --time-only`` times ``--train-batches`` batches (after
+``--warmup``) of the prepared train split for both sides and stops there: samples/s and speedup
+on that folder's shapes (its sequence lengths, items and batch size) where converged runs of the
+public code would take too long; no AUC, so no goal judged. ``--summary --time-only`` writes
+their table to ``<results>_<data>_time_only.md``; the converged ``--summary`` ignores these rows.
+
     .venv/bin/python benchmarks/bench_train_throughput.py --batch-size 512
     .venv/bin/python benchmarks/bench_train_throughput.py --models TWIN --train-batches 8 --epochs 1
     .venv/bin/python benchmarks/bench_train_throughput.py --data data/movielens --batch-size 256 \
         --epochs 30 --patience 2 --seeds 2024 2025 2026 --models DIN SimSoft ETA SDIM TWIN
+    .venv/bin/python benchmarks/bench_train_throughput.py --data data/synthetic --time-only \
+        --batch-size 1024 --train-batches 8 --seeds 2024 2025 2026 --models DIN SimSoft ETA SDIM TWIN
 """
 from __future__ import annotations
 
@@ -95,14 +103,20 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "improvement (--epochs is the cap); the best epoch is tested")
     p.add_argument("--public-dir", default=None,
                    help="an unpacked fuxictr-2.3.10 sdist (default: download to a temp folder)")
+    p.add_argument("--time-only", action="store_true",
+                   help="with --data: time --train-batches batches of its train split (after --warmup) "
+                        "on both sides, no convergence and no AUC")
     p.add_argument("--skip-public", action="store_true", help="measure ours only")
     p.add_argument("--results", default=str(RESULTS), help="CSV to append to")
     p.add_argument("--summary", action="store_true",
                    help="only write the converged-mode table of --data's rows in --results (mean over "
-                        "seeds per model, the last row of each model and seed) to <results>_<data>.md")
+                        "seeds per model, the last row of each model and seed) to <results>_<data>.md; "
+                        "with --time-only, the time-only rows' table to <results>_<data>_time_only.md")
     args = p.parse_args(argv)
     if args.patience < 0 or args.epochs < 1:
         p.error("--patience must be >= 0 and --epochs >= 1")
+    if args.time_only and (args.data is None or args.patience > 0):
+        p.error("--time-only needs --data and no --patience (it stops after --train-batches batches)")
     if args.data is not None and not (Path(args.data) / "dataset_config.yaml").exists():
         p.error(f"--data {args.data}: no dataset_config.yaml (run `fuxictr-chime prepare ... --out {args.data}`)")
     args.seeds = args.seeds or [args.seed]
@@ -318,11 +332,12 @@ def init_fit_state(model) -> None:
 
 
 def train(model, make_loader, epochs: int, warmup: int, valid_loader=None,
-          patience: int = 0) -> dict:
+          patience: int = 0, max_batches: int | None = None) -> dict:
     """Train up to ``epochs`` epochs. Returns the seconds and samples of epoch 1 after ``warmup``
     batches, the epochs run and the best epoch (1-based). With ``patience`` > 0 and a
     ``valid_loader``: valid AUC - logloss after every epoch, stop after ``patience`` epochs
-    without improvement, and leave the best epoch's weights in ``model``."""
+    without improvement, and leave the best epoch's weights in ``model``. ``max_batches``: an
+    epoch ends after that many batches (time-only mode)."""
     import copy
 
     import torch
@@ -336,6 +351,8 @@ def train(model, make_loader, epochs: int, warmup: int, valid_loader=None,
         loader = make_loader()
         start = time.perf_counter()
         for i, batch in enumerate(loader):
+            if max_batches is not None and i == max_batches:
+                break
             if epoch == 0 and i == warmup:
                 start, samples = time.perf_counter(), 0
             model._batch_index = i
@@ -400,6 +417,9 @@ def run_one(model: str, impl: str, args, data: dict, tmp: Path, public) -> dict:
             return loader
     train_loader = make("train", shuffle=True)
     valid_loader = make("valid") if args.patience > 0 else None
+    if args.time_only:
+        fit = train(net, lambda: train_loader, 1, args.warmup, max_batches=args.warmup + args.train_batches)
+        return {"samples_per_s": fit["timed_samples"] / fit["timed_seconds"], **fit}
     fit = train(net, lambda: train_loader, args.epochs, args.warmup, valid_loader, args.patience)
     with torch.no_grad():
         metrics = net.evaluate(make("test"), metrics=["AUC", "logloss"])
@@ -418,10 +438,11 @@ def main(argv=None) -> int:
         if args.data is None:
             raise SystemExit("--summary needs --data (the rows' data folder)")
         results = Path(args.results)
-        target = results.with_name(f"{results.stem}_{Path(args.data).name}.md")
-        text = summary_table(results, args.data)
+        suffix = "_time_only" if args.time_only else ""
+        target = results.with_name(f"{results.stem}_{Path(args.data).name}{suffix}.md")
+        text = (time_only_table if args.time_only else summary_table)(results, args.data)
         write_text_atomic(target, f"Table written by `python benchmarks/bench_train_throughput.py --data "
-                                  f"{args.data} --summary`.\n\n{text}")
+                                  f"{args.data} --summary{' --time-only' if args.time_only else ''}`.\n\n{text}")
         print(text)
         return 0
     command = " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv])
@@ -449,16 +470,22 @@ def main(argv=None) -> int:
                        "max_len": args.max_len, "train_batches": args.train_batches,
                        "warmup": args.warmup, "epochs": args.epochs,
                        "test_samples": args.test_samples, "data": args.data or "generated",
-                       "seed": seed, "patience": args.patience}
+                       "seed": seed, "patience": args.patience, "time_only": args.time_only}
                 for impl in ("ours", "public"):
                     if impl == "public" and public is None:
                         continue
                     res = run_one(model, impl, args, data, tmp, public)
                     row.update({f"{impl}_{k}": round(v, 5) if isinstance(v, float) else v
                                 for k, v in res.items()})
-                    print(f"{model} seed {seed} {impl}: {res['samples_per_s']:.0f} samples/s, test AUC "
-                          f"{res['auc']:.4f}, {res['epochs_run']} epochs (best {res['best_epoch']})", flush=True)
-                if public is not None:
+                    if args.time_only:
+                        print(f"{model} seed {seed} {impl}: {res['samples_per_s']:.0f} samples/s over "
+                              f"{res['timed_samples']} samples", flush=True)
+                    else:
+                        print(f"{model} seed {seed} {impl}: {res['samples_per_s']:.0f} samples/s, test AUC "
+                              f"{res['auc']:.4f}, {res['epochs_run']} epochs (best {res['best_epoch']})", flush=True)
+                if public is not None and args.time_only:
+                    row["speedup"] = round(row["ours_samples_per_s"] / row["public_samples_per_s"], 3)
+                elif public is not None:
                     row["speedup"] = round(row["ours_samples_per_s"] / row["public_samples_per_s"], 3)
                     row["auc_diff"] = round(row["ours_auc"] - row["public_auc"], 5)
                     row["goal_met"] = bool(row["speedup"] >= 5.0 and row["auc_diff"] >= -0.002) if args.data else \
@@ -467,16 +494,47 @@ def main(argv=None) -> int:
     return 0
 
 
-def summary_table(results: Path, data: str) -> str:
-    """Markdown: per model, the mean over seeds of the converged rows of ``data`` (the last row of
-    each (model, seed)) and issue 12's goal (speedup >= 5, auc_diff >= -0.002, both means)."""
+def _rows_of(results: Path, data: str, time_only: bool):
+    """The rows of ``data`` in ``results`` of one mode (time-only or converged), the last one of
+    each (model, seed)."""
     import pandas as pd
 
     rows = pd.read_csv(results)
     rows = rows[rows.get("data", pd.Series(dtype=str)).astype(str) == str(data)]
+    if "time_only" in rows:  # rows written before the option have no such column: converged
+        flags = rows["time_only"].astype(str).str.lower() == "true"
+    else:
+        flags = pd.Series(False, index=rows.index)
+    rows = rows[flags if time_only else ~flags]
     if rows.empty:
-        raise SystemExit(f"{results}: no rows with data == {data!r}")
-    rows = rows.sort_values("time_utc").groupby(["model", "seed"], sort=False).tail(1)
+        mode = "time-only" if time_only else "converged"
+        raise SystemExit(f"{results}: no {mode} rows with data == {data!r}")
+    return rows.sort_values("time_utc").groupby(["model", "seed"], sort=False).tail(1)
+
+
+def time_only_table(results: Path, data: str) -> str:
+    """Markdown: per model, the mean over seeds of the time-only rows of ``data`` (samples/s and
+    speedup; no AUC, no goal)."""
+    rows = _rows_of(results, data, time_only=True)
+    first = rows.iloc[0]
+    timed, warmup = int(first["train_batches"]), int(first["warmup"])
+    lines = [f"Time-only rows on `{data}` (`--time-only`): {timed} timed batch{'es' * (timed != 1)} of "
+             f"{int(first['batch_size'])} after {warmup} warm-up batch{'es' * (warmup != 1)} of the same "
+             "prepared train split on both sides; mean over seeds. Not converged runs: no AUC, so issue 12's goal is not "
+             "judged here.", "",
+             "| model | seeds | ours samples/s | public samples/s | speedup (per seed) |", "|---|---|---|---|---|"]
+    for model in [m for m in PUBLIC_NAMES if m in set(rows["model"])]:
+        r = rows[rows["model"] == model].sort_values("seed")
+        lines.append(f"| {model} | {', '.join(str(int(x)) for x in r['seed'])} | {r['ours_samples_per_s'].mean():,.0f} | "
+                     f"{r['public_samples_per_s'].mean():,.0f} | {r['speedup'].mean():.1f}x "
+                     f"({', '.join(f'{x:.1f}x' for x in r['speedup'])}) |")
+    return "\n".join(lines) + "\n"
+
+
+def summary_table(results: Path, data: str) -> str:
+    """Markdown: per model, the mean over seeds of the converged rows of ``data`` (the last row of
+    each (model, seed)) and issue 12's goal (speedup >= 5, auc_diff >= -0.002, both means)."""
+    rows = _rows_of(results, data, time_only=False)
     lines = [f"Converged runs on `{data}` (`--patience`, best epoch tested), mean over seeds; samples/s of "
              "the first epoch; goal: speedup >= 5 and AUC difference >= -0.002.", "",
              "| model | seeds | ours samples/s | public samples/s | speedup | ours AUC | public AUC | "

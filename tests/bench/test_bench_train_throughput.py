@@ -105,7 +105,7 @@ def test_early_stopping_keeps_the_best_epoch(monkeypatch):
 
     model = Scripted()
     fit = bench.train(model, lambda: [{"item_seq": [0, 0]}], epochs=10, warmup=0, valid_loader=[1], patience=2)
-    assert (fit["epochs_run"], fit["best_epoch"]) == (4, 2) and float(model.w) == 2.0
+    assert (fit["epochs_run"], fit["best_epoch"]) == (4, 2) and float(model.w.detach()) == 2.0
     assert fit["timed_samples"] == 2
 
 
@@ -130,5 +130,58 @@ def test_summary_averages_the_last_row_of_each_seed_and_judges_the_goal(tmp_path
     sdim = next(line for line in text.splitlines() if line.startswith("| SDIM |"))
     assert sdim.startswith("| SDIM | 1 | 400 | 100 | 4.0x |") and sdim.endswith("| **not met** |")
     assert "| ETA |" not in text
-    with pytest.raises(SystemExit, match="no rows with data == 'data/y'"):
+    with pytest.raises(SystemExit, match="no converged rows with data == 'data/y'"):
         bench.summary_table(tmp_path / "r.csv", "data/y")
+
+
+def _write_rows(path: Path, rows: list[dict]) -> Path:
+    import csv
+
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def test_time_only_rows_have_their_own_table_and_stay_out_of_the_converged_one(tmp_path):
+    base = {"data": "data/x", "train_batches": 8, "batch_size": 1024, "warmup": 2, "auc_diff": "",
+            "ours_auc": "", "public_auc": "", "ours_epochs_run": 1, "public_epochs_run": 1}
+    rows = [{**base, "time_utc": "1", "model": "SDIM", "seed": 1, "speedup": 3.0, "time_only": True,
+             "ours_samples_per_s": 300, "public_samples_per_s": 100},
+            {**base, "time_utc": "2", "model": "SDIM", "seed": 2, "speedup": 5.0, "time_only": True,
+             "ours_samples_per_s": 500, "public_samples_per_s": 100},
+            {**base, "time_utc": "3", "model": "TWIN", "seed": 1, "speedup": 6.0, "time_only": False,
+             "ours_samples_per_s": 600, "public_samples_per_s": 100, "auc_diff": 0.001, "ours_auc": 0.701,
+             "public_auc": 0.7, "ours_epochs_run": 3, "public_epochs_run": 4}]
+    results = _write_rows(tmp_path / "r.csv", rows)
+    text = bench.time_only_table(results, "data/x")
+    assert "8 timed batches of 1024 after 2 warm-up batches" in text
+    assert "| SDIM | 1, 2 | 400 | 100 | 4.0x (3.0x, 5.0x) |" in text and "| TWIN |" not in text
+    converged = bench.summary_table(results, "data/x")
+    assert "| TWIN | 1 |" in converged and "| SDIM |" not in converged
+    with pytest.raises(SystemExit, match="no time-only rows with data == 'data/y'"):
+        bench.time_only_table(results, "data/y")
+
+
+def test_time_only_needs_data_and_no_patience(tmp_path):
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--time-only"])
+    folder = _prepared(tmp_path / "src")
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--time-only", "--data", str(folder), "--patience", "2"])
+    assert bench.parse_args(["--time-only", "--data", str(folder)]).time_only
+
+
+def test_max_batches_ends_the_epoch_and_times_the_batches_after_warmup():
+    import torch
+
+    class Counting(torch.nn.Module):
+        steps = 0
+
+        def train_step(self, batch):
+            self.steps += 1
+
+    model = Counting()
+    fit = bench.train(model, lambda: [{"item_seq": [0, 0, 0]}] * 10, epochs=1, warmup=2, max_batches=5)
+    assert model.steps == 5 and fit["timed_samples"] == 9  # batches 3..5, 3 samples each
