@@ -67,7 +67,8 @@ def test_forward_returns_finite_named_losses_for_each_ablation(tmp_path, name):
     elif name != "small_data":
         assert out["commit"] > 0.0
     expected = out["holistic"] + out["immediate"] + model.config.compression.commitment_weight * out["commit"]
-    assert float(out["loss"]) == pytest.approx(expected, rel=1e-5)
+    expected = float(torch.as_tensor(expected).detach())
+    assert float(out["loss"].detach()) == pytest.approx(expected, rel=1e-5)
 
 
 def test_losses_equal_the_loss_functions_on_the_model_states(tmp_path):
@@ -259,7 +260,7 @@ def test_standardize_gives_the_rvq_unit_variance_inputs_that_padding_never_touch
     valid = b[mask]  # (n, D)
     torch.testing.assert_close(valid.mean(0), torch.zeros(valid.shape[1]), atol=1e-5, rtol=0)
     torch.testing.assert_close(valid.var(0, unbiased=False), torch.ones(valid.shape[1]), atol=1e-3, rtol=0)
-    assert float(b[~mask].abs().max()) == 0.0
+    assert float(b[~mask].detach().abs().max()) == 0.0
     raw = model.projection(hidden)[mask]  # the statistics are those of the valid positions alone
     torch.testing.assert_close(model.standardize.running_mean, 0.1 * raw.mean(0).detach(), atol=1e-5, rtol=1e-4)
     model.eval()  # eval: running statistics (mean 0.1 * m, var 0.9 + 0.1 * v after one update)
