@@ -483,10 +483,9 @@ def main(argv=None) -> int:
                     else:
                         print(f"{model} seed {seed} {impl}: {res['samples_per_s']:.0f} samples/s, test AUC "
                               f"{res['auc']:.4f}, {res['epochs_run']} epochs (best {res['best_epoch']})", flush=True)
-                if public is not None and args.time_only:
+                if public is not None:
                     row["speedup"] = round(row["ours_samples_per_s"] / row["public_samples_per_s"], 3)
-                elif public is not None:
-                    row["speedup"] = round(row["ours_samples_per_s"] / row["public_samples_per_s"], 3)
+                if public is not None and not args.time_only:  # time-only rows have no AUC
                     row["auc_diff"] = round(row["ours_auc"] - row["public_auc"], 5)
                     row["goal_met"] = bool(row["speedup"] >= 5.0 and row["auc_diff"] >= -0.002) if args.data else \
                         bool(row["speedup"] >= 3.0 and abs(row["auc_diff"]) <= 0.003)  # issue 12 / issue 8 goal
@@ -516,6 +515,10 @@ def time_only_table(results: Path, data: str) -> str:
     """Markdown: per model, the mean over seeds of the time-only rows of ``data`` (samples/s and
     speedup; no AUC, no goal)."""
     rows = _rows_of(results, data, time_only=True)
+    settings = rows[["train_batches", "batch_size", "warmup"]].drop_duplicates()
+    if len(settings) > 1:
+        raise SystemExit(f"{results}: time-only rows of {data!r} mix train_batches/batch_size/warmup settings "
+                         f"({settings.to_dict('records')}); keep one setting per --results file")
     first = rows.iloc[0]
     timed, warmup = int(first["train_batches"]), int(first["warmup"])
     lines = [f"Time-only rows on `{data}` (`--time-only`): {timed} timed batch{'es' * (timed != 1)} of "

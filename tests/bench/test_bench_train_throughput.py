@@ -162,6 +162,9 @@ def test_time_only_rows_have_their_own_table_and_stay_out_of_the_converged_one(t
     assert "| TWIN | 1 |" in converged and "| SDIM |" not in converged
     with pytest.raises(SystemExit, match="no time-only rows with data == 'data/y'"):
         bench.time_only_table(results, "data/y")
+    mixed = _write_rows(tmp_path / "mixed.csv", [rows[0], {**rows[1], "batch_size": 512}])
+    with pytest.raises(SystemExit, match="mix train_batches/batch_size/warmup"):
+        bench.time_only_table(mixed, "data/x")
 
 
 def test_time_only_needs_data_and_no_patience(tmp_path):
