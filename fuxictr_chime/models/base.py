@@ -395,6 +395,7 @@ class LongSeqBase(BaseModel):
         if mask.shape[1] > keep:
             item_seq = item_seq[:, -keep - 1:]  # (B, keep+1), target kept last
             mask = mask[:, -keep:]  # (B, keep)
+        item_seq = torch.cat([item_seq[:, :-1] * mask, item_seq[:, -1:]], dim=1)  # padding -> item 0
         table, inverse = self.item_table.lookup(item_seq)  # (U, D), (B, L+1)
         return ItemHistory(table, inverse[:, :-1].contiguous(), mask, inverse[:, -1].contiguous())
 
@@ -421,8 +422,12 @@ class LongSeqBase(BaseModel):
     # ------------------------------------------------------------------ model
     def short_interest(self, target: torch.Tensor, history: ItemHistory) -> torch.Tensor:
         """Target attention (``short_attention``) over the last ``short_len`` behaviors: (B, D)."""
+        attention = self.short_attention
+        if isinstance(attention, FusedDINAttention) and attention.packable():  # valid rows only
+            index, mask = history.last_index(self.short_len)  # (B, S), (B, S)
+            return attention.forward_packed(target, history.table, index, mask)  # (B, D)
         keys, mask = history.last(self.short_len)  # (B, S, D), (B, S)
-        return self.short_attention(target, keys, mask)  # (B, D)
+        return attention(target, keys, mask)  # (B, D)
 
     def interest(self, target: torch.Tensor, history: ItemHistory,
                  context: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -15,13 +15,26 @@ all B * L rows as before, dropout, output layer) run unchanged on the (B * L, H)
 weighted sum over the history is one ``bmm``. The module keeps ``DIN_Attention``'s parameter
 names, so checkpoints and ``state_dict`` are interchangeable; an MLP whose first module is not a
 ``Linear`` (FuxiCTR's ``bn_only_once``) falls back to the stock forward.
-``tests/models/test_models_din_attention.py`` checks outputs and gradients against FuxiCTR's
-class; ``benchmarks/bench_din_attention.py`` measures the speed-up.
+
+:meth:`FusedDINAttention.forward_packed` also skips the padding. A padded position's key is the
+zero vector, so its first-layer output is the sample's offset ``q (W_q + W_d)^T + b``, the same
+at every padded position of that sample, and its score is masked out of the weighted sum. Only
+the valid positions (N of the B * L) go through the MLP; the padded ones enter only Dice's batch
+statistics, each sample's offset row counted (L - length) times, which are the mean and variance
+FuxiCTR computes over all B * L rows, running statistics included. On a log whose histories fill
+40% of the window, 60% of the MLP's rows are never built. Layers other than ``Linear``, Dice,
+row-wise activations and inactive dropout (FuxiCTR's ``batch_norm``, dropout while training) make
+:meth:`~FusedDINAttention.packable` false, and the caller uses :meth:`~FusedDINAttention.forward`.
+
+``tests/models/test_models_din_attention.py`` checks outputs, gradients and running statistics of
+both paths against FuxiCTR's class; ``benchmarks/bench_din_attention.py`` measures the speed-up.
 """
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from fuxictr.pytorch.layers import DIN_Attention
+from fuxictr.pytorch.layers.activations import Dice
 from torch import nn
 
 __all__ = ["FusedDINAttention"]
@@ -52,3 +65,142 @@ class FusedDINAttention(DIN_Attention):
                 weight = weight + -1.e9 * (1 - mask.float())
             weight = weight.softmax(dim=-1)
         return torch.bmm(weight.unsqueeze(1), history_sequence).squeeze(1)  # (B, D)
+
+    def packable(self) -> bool:
+        """Whether :meth:`forward_packed` computes exactly what :meth:`forward` does: a ``Linear``
+        first, then only Dice, ``Linear``, row-wise activations and dropout that is inactive."""
+        layers = self.attention_layer.mlp
+        if not isinstance(layers[0], nn.Linear):
+            return False
+        for layer in list(layers)[1:]:
+            if isinstance(layer, nn.Dropout):
+                if layer.p > 0 and self.training:  # a fresh mask per padded row
+                    return False
+            elif not isinstance(layer, (Dice, nn.Linear) + _ROW_WISE):
+                return False
+        return True
+
+    def forward_packed(self, target_item: torch.Tensor, table: torch.Tensor, index: torch.Tensor,
+                       mask: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward` on the history ``table[index]`` without building the padded rows.
+
+        target (B, D); ``table`` (U, D) item embeddings, ``index`` (B, L) rows of ``table``;
+        ``mask`` (B, L) bool, False at padding, whose key must be the zero vector (as in
+        :class:`~fuxictr_chime.models.item_table.ItemHistory`) -> (B, D). Requires
+        :meth:`packable`.
+        """
+        layers = self.attention_layer.mlp
+        first = layers[0]
+        B, L = index.shape
+        D = table.shape[1]
+        w_q, w_k, w_d, w_p = first.weight.split(D, dim=1)  # each (H, D)
+        offset = target_item @ (w_q + w_d).T  # (B, H): the first layer at a zero key
+        if first.bias is not None:
+            offset = offset + first.bias
+        flat = mask.reshape(-1).nonzero().squeeze(1)  # (N,) valid positions
+        sample = torch.div(flat, L, rounding_mode="floor")  # (N,)
+        rows = index.reshape(-1)[flat]  # (N,) table rows
+        keys = F.embedding(rows, table)  # (N, D)
+        per_item = table @ (w_k - w_d).T  # (U, H): the key's own term, once per distinct item
+        hidden = torch.addmm(F.embedding(rows, per_item).add_(offset[sample]),
+                             keys * target_item[sample], w_p.T)  # (N, H)
+        pad = offset  # (B, H): every padded row of a sample
+        pad_count = (L - mask.sum(1)).to(hidden.dtype).unsqueeze(1)  # (B, 1)
+        for layer in list(layers)[1:]:
+            if isinstance(layer, Dice):
+                hidden, pad = _packed_dice(layer, hidden, pad, pad_count, B * L)
+            else:
+                hidden, pad = layer(hidden), layer(pad)
+        score = hidden.reshape(-1)  # (N,)
+        if self.use_softmax:  # padded positions get exp(-1e9 - max) = 0 in forward()
+            top = score.new_full((B,), float("-inf")).scatter_reduce(
+                0, sample, score.detach(), reduce="amax")  # (B,)
+            score = torch.exp(score - top[sample])
+            score = score / score.new_zeros(B).index_add(0, sample, score)[sample]
+        return keys.new_zeros(B, D).index_add(0, sample, score.unsqueeze(1) * keys)  # (B, D)
+
+
+_ROW_WISE = (nn.Identity, nn.ReLU, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.GELU, nn.Sigmoid,
+             nn.Tanh, nn.Softplus, nn.SiLU)
+
+
+def _packed_dice(dice: Dice, hidden: torch.Tensor, pad: torch.Tensor, pad_count: torch.Tensor,
+                 rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dice over ``rows`` rows given as the distinct ``hidden`` (N, H) plus ``pad`` (B, H), row b
+    repeated ``pad_count[b]`` times: BatchNorm's batch statistics (and running update) over all
+    ``rows``, as ``Dice.forward`` on the full tensor."""
+    bn = dice.bn
+    if bn.training or bn.running_mean is None:
+        out, out_pad, mean, var = _DiceBatchStats.apply(hidden, pad, pad_count, dice.alpha, rows,
+                                                       bn.eps)
+        if bn.training and bn.track_running_stats:
+            with torch.no_grad():
+                bn.num_batches_tracked.add_(1)
+                momentum = (1.0 / float(bn.num_batches_tracked) if bn.momentum is None
+                            else bn.momentum)
+                bn.running_mean.mul_(1 - momentum).add_(mean, alpha=momentum)
+                bn.running_var.mul_(1 - momentum).add_(var * (rows / max(rows - 1, 1)),
+                                                       alpha=momentum)
+        return out, out_pad
+    scale = torch.rsqrt(bn.running_var + bn.eps)  # (H,)
+
+    def gate(x: torch.Tensor) -> torch.Tensor:
+        p = torch.sigmoid((x - bn.running_mean) * scale)
+        return p * x + dice.alpha * (1 - p) * x
+
+    return gate(hidden), gate(pad)
+
+
+class _DiceBatchStats(torch.autograd.Function):
+    """Dice with BatchNorm's batch statistics over rows ``x`` (N, H) plus ``pad`` (B, H) with
+    multiplicities ``count`` (B, 1), forward and backward written out so that each pass over the
+    N x H rows is one fused PyTorch op where autograd would chain several (Dice is elementwise
+    and memory-bound over the B * L rows of a long history).
+
+    With R rows, mean m, variance v (biased), s = (v + eps)^-1/2, xh = (x - m) s, p = sigmoid(xh),
+    y = x (alpha + (1 - alpha) p); given g = dL/dy:
+    dL/dalpha = sum g x (1 - p); u = g x (1 - alpha) p (1 - p) = dL/dxh;
+    dL/dx = g (alpha + (1 - alpha) p) + s (u - c (mean(u) + xh mean(u xh))),
+    BatchNorm's backward, with the sums of the means over the N rows and the B pad rows, R the
+    divisor, and c = 1 for a row of ``x``, ``count[b]`` for pad row b (``y_pad`` stands for its
+    ``count[b]`` copies, so its gradient is already their sum). Returns (y, y_pad, m, v); m and v
+    carry no gradient (running statistics).
+    """
+
+    @staticmethod
+    def forward(ctx, x, pad, count, alpha, rows, eps):  # noqa: D102 (documented on the class)
+        mean = (x.sum(0) + (count * pad).sum(0)) / rows  # (H,)
+        centered = x - mean  # (N, H)
+        centered_pad = pad - mean  # (B, H)
+        var = (centered.square().sum(0)
+               + (count * centered_pad.square()).sum(0)) / rows  # (H,)
+        scale = torch.rsqrt(var + eps)
+        xh, xh_pad = centered.mul_(scale), centered_pad.mul_(scale)  # in place: (x - m) s
+        weight = alpha.new_ones(()) - alpha  # (H,) 1 - alpha
+        y = x * torch.addcmul(alpha, torch.sigmoid(xh), weight)  # (N, H)
+        y_pad = pad * torch.addcmul(alpha, torch.sigmoid(xh_pad), weight)
+        ctx.save_for_backward(x, xh, pad, xh_pad, count, alpha, scale)
+        ctx.rows = rows
+        ctx.mark_non_differentiable(mean, var)
+        return y, y_pad, mean, var
+
+    @staticmethod
+    def backward(ctx, grad, grad_pad, _mean, _var):  # noqa: D102
+        x, xh, pad, xh_pad, count, alpha, scale = ctx.saved_tensors
+        rows = ctx.rows
+        one_minus = alpha.new_ones(()) - alpha
+        if grad_pad is None:
+            grad_pad = torch.zeros_like(pad)
+        parts = []
+        for g, v, h in ((grad, x, xh), (grad_pad, pad, xh_pad)):
+            p = torch.sigmoid(h)
+            gx = g * torch.addcmul(alpha, p, one_minus)  # direct term
+            gv = g * v  # (n, H)
+            d_alpha = (gv - gv * p).sum(0)  # sum g x (1 - p)
+            parts.append((gx, gv.mul_(one_minus).mul_(p).mul_(1 - p), d_alpha))  # u = dL/dxh
+        (gx, u, da), (gx_pad, u_pad, da_pad) = parts
+        mean_u = (u.sum(0) + u_pad.sum(0)) / rows  # (H,)
+        mean_uh = ((u * xh).sum(0) + (u_pad * xh_pad).sum(0)) / rows
+        grad_x = gx.add_(scale * (u - mean_u - xh * mean_uh))
+        grad_pad_in = gx_pad.add_(scale * (u_pad - count * (mean_u + xh_pad * mean_uh)))
+        return grad_x, grad_pad_in, None, da + da_pad, None, None

@@ -107,8 +107,13 @@ class ItemHistory:
 
     def last(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The ``n`` most recent positions: embeddings (B, n, D) and mask (B, n)."""
+        index, mask = self.last_index(n)
+        return F.embedding(index, self.table), mask
+
+    def last_index(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Table rows (B, n) and mask (B, n) of the ``n`` most recent positions."""
         n = min(int(n), self.length)
-        return F.embedding(self.index[:, -n:], self.table), self.mask[:, -n:]
+        return self.index[:, -n:], self.mask[:, -n:]
 
     def rows(self, index: torch.Tensor) -> torch.Tensor:
         """Embeddings of table rows ``index`` (B, k) -> (B, k, D)."""

@@ -404,3 +404,24 @@ def test_oracle_column_table_pairs_every_model_in_its_runs_with_that_models_plai
     assert rows[3].startswith("| DIN_softmax w/ truth (normalized, concatenated) vs DIN_softmax | 1 | 0.7600 | "
                               "0.7100 | +0.0500")  # paired with DIN_softmax_synthetic, not DIN_synthetic
     assert (tmp_path / "oracle_column.md").read_text() == text
+
+
+def test_din_attention_bench_times_three_paths_that_agree(tmp_path, capsys):
+    """bench_din_attention: one CSV row per length with the packed path beside stock and fused,
+    the measured valid share near the requested one, and outputs equal to float32 rounding."""
+    bench = _script("bench_din_attention")
+    out = tmp_path / "din.csv"
+    bench.main(["--batch", "16", "--lengths", "10", "40", "--dim", "6", "--units", "5",
+                "--items", "30", "--reps", "1", "--warmup", "0", "--valid-share", "0.3",
+                "--out", str(out)])
+    rows = list(csv.DictReader(out.open()))
+    assert [int(r["seq_len"]) for r in rows] == [10, 40]
+    for row in rows:
+        assert abs(float(row["valid_share"]) - 0.3) < 0.1
+        scale = max(float(row["output_max_abs"]), 1.0)
+        assert float(row["max_abs_diff"]) < 1e-5 * scale
+        assert float(row["packed_max_abs_diff"]) < 1e-5 * scale
+        assert float(row["packed_median_s"]) > 0 and row["command"].endswith("--out " + str(out))
+    assert "packed" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--valid-share", "0"])
