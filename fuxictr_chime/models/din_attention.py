@@ -172,7 +172,7 @@ class _DiceBatchStats(torch.autograd.Function):
         mean = (x.sum(0) + (count * pad).sum(0)) / rows  # (H,)
         centered = x - mean  # (N, H)
         centered_pad = pad - mean  # (B, H)
-        var = (centered.square().sum(0)
+        var = (torch.linalg.vecdot(centered, centered, dim=0)
                + (count * centered_pad.square()).sum(0)) / rows  # (H,)
         scale = torch.rsqrt(var + eps)
         xh, xh_pad = centered.mul_(scale), centered_pad.mul_(scale)  # in place: (x - m) s
@@ -196,11 +196,14 @@ class _DiceBatchStats(torch.autograd.Function):
             p = torch.sigmoid(h)
             gx = g * torch.addcmul(alpha, p, one_minus)  # direct term
             gv = g * v  # (n, H)
-            d_alpha = (gv - gv * p).sum(0)  # sum g x (1 - p)
-            parts.append((gx, gv.mul_(one_minus).mul_(p).mul_(1 - p), d_alpha))  # u = dL/dxh
+            gvp = gv * p
+            d_alpha = gv.sum(0) - gvp.sum(0)  # sum g x (1 - p)
+            u = torch.addcmul(gvp, gvp, p, value=-1).mul_(one_minus)  # dL/dxh = g x p (1 - p) (1 - alpha)
+            parts.append((gx, u, d_alpha))
         (gx, u, da), (gx_pad, u_pad, da_pad) = parts
         mean_u = (u.sum(0) + u_pad.sum(0)) / rows  # (H,)
-        mean_uh = ((u * xh).sum(0) + (u_pad * xh_pad).sum(0)) / rows
-        grad_x = gx.add_(scale * (u - mean_u - xh * mean_uh))
-        grad_pad_in = gx_pad.add_(scale * (u_pad - count * (mean_u + xh_pad * mean_uh)))
+        mean_uh = (torch.linalg.vecdot(u, xh, dim=0) + torch.linalg.vecdot(u_pad, xh_pad, dim=0)) / rows
+        grad_x = gx.addcmul_(u.sub_(mean_u).addcmul_(xh, mean_uh, value=-1), scale)
+        grad_pad_in = gx_pad.addcmul_(u_pad.sub_(count * mean_u).addcmul_(count * xh_pad, mean_uh, value=-1),
+                                      scale)
         return grad_x, grad_pad_in, None, da + da_pad, None, None
