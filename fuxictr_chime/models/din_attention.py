@@ -102,8 +102,8 @@ class FusedDINAttention(DIN_Attention):
         rows = index.reshape(-1)[flat]  # (N,) table rows
         keys = F.embedding(rows, table)  # (N, D)
         per_item = table @ (w_k - w_d).T  # (U, H): the key's own term, once per distinct item
-        hidden = torch.addmm(F.embedding(rows, per_item).add_(offset[sample]),
-                             keys * target_item[sample], w_p.T)  # (N, H)
+        hidden = torch.addmm(F.embedding(rows, per_item).add_(F.embedding(sample, offset)),
+                             keys * F.embedding(sample, target_item), w_p.T)  # (N, H)
         pad = offset  # (B, H): every padded row of a sample
         pad_count = (L - mask.sum(1)).to(hidden.dtype).unsqueeze(1)  # (B, 1)
         for layer in list(layers)[1:]:
