@@ -87,8 +87,12 @@ class FusedDINAttention(DIN_Attention):
         target (B, D); ``table`` (U, D) item embeddings, ``index`` (B, L) rows of ``table``;
         ``mask`` (B, L) bool, False at padding, whose key must be the zero vector (as in
         :class:`~fuxictr_chime.models.item_table.ItemHistory`) -> (B, D). Requires
-        :meth:`packable`.
+        :meth:`packable`. Half-precision inputs and autocast take :meth:`forward` (Dice's
+        statistics here are sums in the hidden layer's dtype).
         """
+        if (table.dtype not in (torch.float32, torch.float64)
+                or torch.is_autocast_enabled(table.device.type)):
+            return self.forward(target_item, F.embedding(index, table), mask)
         layers = self.attention_layer.mlp
         first = layers[0]
         B, L = index.shape

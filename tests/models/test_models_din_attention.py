@@ -157,3 +157,16 @@ def test_history_padding_becomes_item_zero(make_feature_map, make_batch, model_k
     assert (noisy["item_seq"][:, :-1][~batch["seq_mask"]] == 1).all()
     model.eval()
     torch.testing.assert_close(model(noisy)["y_pred"], model(batch)["y_pred"])
+
+
+def test_packed_forward_takes_the_dense_path_under_autocast():
+    """Under autocast (bfloat16 matmuls) forward_packed returns forward()'s result: no packed
+    Dice sums in half precision."""
+    _, fused = _pair(6, attention_units=[8], hidden_activations="Dice")
+    fused = fused.float().eval()
+    target, table, index, mask = (t.float() if t.is_floating_point() else t for t in _packed_inputs())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        packed = fused.forward_packed(target, table, index, mask)
+        dense = fused(target, table[index], mask)
+    assert packed.dtype == torch.bfloat16
+    torch.testing.assert_close(packed, dense, rtol=0, atol=0)
