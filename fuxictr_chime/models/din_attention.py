@@ -146,13 +146,7 @@ def _packed_dice(dice: Dice, hidden: torch.Tensor, pad: torch.Tensor, pad_count:
                 bn.running_var.mul_(1 - momentum).add_(var * (rows / max(rows - 1, 1)),
                                                        alpha=momentum)
         return out, out_pad
-    scale = torch.rsqrt(bn.running_var + bn.eps)  # (H,)
-
-    def gate(x: torch.Tensor) -> torch.Tensor:
-        p = torch.sigmoid((x - bn.running_mean) * scale)
-        return p * x + dice.alpha * (1 - p) * x
-
-    return gate(hidden), gate(pad)
+    return dice(hidden), dice(pad)  # running statistics: row-wise, FuxiCTR's own forward
 
 
 class _DiceBatchStats(torch.autograd.Function):
