@@ -22,9 +22,14 @@ at every padded position of that sample, and its score is masked out of the weig
 the valid positions (N of the B * L) go through the MLP; the padded ones enter only Dice's batch
 statistics, each sample's offset row counted (L - length) times, which are the mean and variance
 FuxiCTR computes over all B * L rows, running statistics included. On a log whose histories fill
-40% of the window, 60% of the MLP's rows are never built. Layers other than ``Linear``, Dice,
-row-wise activations and inactive dropout (FuxiCTR's ``batch_norm``, dropout while training) make
-:meth:`~FusedDINAttention.packable` false, and the caller uses :meth:`~FusedDINAttention.forward`.
+40% of the window, 60% of the MLP's rows are never built. The weighted sum over the history is
+one matmul of a (B, U) matrix of scores per (sample, distinct item) with the item table when
+that matrix is no larger than the (N, D) keys (a batch's distinct items are few next to its
+positions), and the gathers use ``index_select``, whose backward is one ``index_add``
+(``F.embedding``'s sorts its index first). Layers other than ``Linear``, Dice, row-wise
+activations and inactive dropout (FuxiCTR's ``batch_norm``, dropout while training) make
+:meth:`~FusedDINAttention.packable` false, and the caller uses
+:meth:`~FusedDINAttention.forward`.
 
 ``tests/models/test_models_din_attention.py`` checks outputs, gradients and running statistics of
 both paths against FuxiCTR's class; ``benchmarks/bench_din_attention.py`` measures the speed-up.
@@ -104,10 +109,11 @@ class FusedDINAttention(DIN_Attention):
         flat = mask.reshape(-1).nonzero().squeeze(1)  # (N,) valid positions
         sample = torch.div(flat, L, rounding_mode="floor")  # (N,)
         rows = index.reshape(-1)[flat]  # (N,) table rows
-        keys = F.embedding(rows, table)  # (N, D)
+        # index_select, not F.embedding: its backward is one index_add, embedding's sorts the index
+        keys = table.index_select(0, rows)  # (N, D)
         per_item = table @ (w_k - w_d).T  # (U, H): the key's own term, once per distinct item
-        hidden = torch.addmm(F.embedding(rows, per_item).add_(F.embedding(sample, offset)),
-                             keys * F.embedding(sample, target_item), w_p.T)  # (N, H)
+        hidden = torch.addmm(per_item.index_select(0, rows).add_(offset.index_select(0, sample)),
+                             keys * target_item.index_select(0, sample), w_p.T)  # (N, H)
         pad = offset  # (B, H): every padded row of a sample
         pad_count = (L - mask.sum(1)).to(hidden.dtype).unsqueeze(1)  # (B, 1)
         for layer in list(layers)[1:]:
@@ -121,7 +127,20 @@ class FusedDINAttention(DIN_Attention):
                 0, sample, score.detach(), reduce="amax")  # (B,)
             score = torch.exp(score - top[sample])
             score = score / score.new_zeros(B).index_add(0, sample, score)[sample]
-        return keys.new_zeros(B, D).index_add(0, sample, score.unsqueeze(1) * keys)  # (B, D)
+        return _weighted_sum(score, keys, table, sample, rows, B)  # (B, D)
+
+
+def _weighted_sum(score: torch.Tensor, keys: torch.Tensor, table: torch.Tensor,
+                  sample: torch.Tensor, rows: torch.Tensor, batch: int) -> torch.Tensor:
+    """sum over the valid rows r of sample b of ``score[r] * keys[r]`` -> (B, D), with
+    ``keys = table[rows]``. When a dense (B, U) matrix of the scores per (sample, table row) is
+    no larger than ``keys``, it is built from the N scores and multiplied by the table: one
+    matmul forward and two backward instead of (N, D) products, gathers and scatters."""
+    U, D = table.shape
+    if batch * U <= keys.numel():
+        weights = score.new_zeros(batch * U).index_add(0, sample * U + rows, score)
+        return weights.view(batch, U) @ table
+    return keys.new_zeros(batch, D).index_add(0, sample, score.unsqueeze(1) * keys)
 
 
 _ROW_WISE = (nn.Identity, nn.ReLU, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.GELU, nn.Sigmoid,
@@ -157,7 +176,8 @@ class _DiceBatchStats(torch.autograd.Function):
 
     With R rows, mean m, variance v (biased), s = (v + eps)^-1/2, xh = (x - m) s, p = sigmoid(xh),
     y = x (alpha + (1 - alpha) p); given g = dL/dy:
-    dL/dalpha = sum g x (1 - p); u = g x (1 - alpha) p (1 - p) = dL/dxh;
+    dL/dalpha = sum g x (1 - p); u = g x (1 - alpha) p (1 - p) = dL/dxh (the code keeps u without
+    its per-column factor 1 - alpha and folds that into s);
     dL/dx = g (alpha + (1 - alpha) p) + s (u - c (mean(u) + xh mean(u xh))),
     BatchNorm's backward, with the sums of the means over the N rows and the B pad rows, R the
     divisor, and c = 1 for a row of ``x``, ``count[b]`` for pad row b (``y_pad`` stands for its
@@ -175,30 +195,31 @@ class _DiceBatchStats(torch.autograd.Function):
         scale = torch.rsqrt(var + eps)
         xh, xh_pad = centered.mul_(scale), centered_pad.mul_(scale)  # in place: (x - m) s
         weight = alpha.new_ones(()) - alpha  # (H,) 1 - alpha
-        y = x * torch.addcmul(alpha, torch.sigmoid(xh), weight)  # (N, H)
-        y_pad = pad * torch.addcmul(alpha, torch.sigmoid(xh_pad), weight)
-        ctx.save_for_backward(x, xh, pad, xh_pad, count, alpha, scale)
+        p, p_pad = torch.sigmoid(xh), torch.sigmoid(xh_pad)
+        gate, gate_pad = torch.addcmul(alpha, p, weight), torch.addcmul(alpha, p_pad, weight)
+        y, y_pad = x * gate, pad * gate_pad  # (N, H), (B, H)
+        # p and the gate are kept rather than recomputed from xh: two passes fewer over N x H
+        ctx.save_for_backward(x, xh, p, gate, pad, xh_pad, p_pad, gate_pad, count, weight, scale)
         ctx.rows = rows
         ctx.mark_non_differentiable(mean, var)
         return y, y_pad, mean, var
 
     @staticmethod
     def backward(ctx, grad, grad_pad, _mean, _var):  # noqa: D102
-        x, xh, pad, xh_pad, count, alpha, scale = ctx.saved_tensors
+        x, xh, p, gate, pad, xh_pad, p_pad, gate_pad, count, one_minus, scale = ctx.saved_tensors
         rows = ctx.rows
-        one_minus = alpha.new_ones(()) - alpha
         if grad_pad is None:
             grad_pad = torch.zeros_like(pad)
         parts = []
-        for g, v, h in ((grad, x, xh), (grad_pad, pad, xh_pad)):
-            p = torch.sigmoid(h)
-            gx = g * torch.addcmul(alpha, p, one_minus)  # direct term
+        for g, v, q, a in ((grad, x, p, gate), (grad_pad, pad, p_pad, gate_pad)):
+            gx = g * a  # direct term g (alpha + (1 - alpha) p)
             gv = g * v  # (n, H)
-            gvp = gv * p
+            gvp = gv * q
             d_alpha = gv.sum(0) - gvp.sum(0)  # sum g x (1 - p)
-            u = torch.addcmul(gvp, gvp, p, value=-1).mul_(one_minus)  # dL/dxh = g x p (1 - p) (1 - alpha)
+            u = gvp.addcmul_(gvp, q, value=-1)  # g x p (1 - p) = dL/dxh / (1 - alpha)
             parts.append((gx, u, d_alpha))
         (gx, u, da), (gx_pad, u_pad, da_pad) = parts
+        scale = scale * one_minus  # s (1 - alpha): the (1 - alpha) of dL/dxh, applied per column
         mean_u = (u.sum(0) + u_pad.sum(0)) / rows  # (H,)
         mean_uh = (torch.linalg.vecdot(u, xh, dim=0) + torch.linalg.vecdot(u_pad, xh_pad, dim=0)) / rows
         grad_x = gx.addcmul_(u.sub_(mean_u).addcmul_(xh, mean_uh, value=-1), scale)

@@ -87,9 +87,15 @@ def _packed_inputs(B: int = 6, L: int = 7, D: int = 6, U: int = 9):
     {"attention_units": [8], "hidden_activations": "Dice", "dropout_rate": 0.5},  # eval only
 ])
 @pytest.mark.parametrize("training", [True, False])
-def test_packed_forward_equals_fuxictr_on_the_padded_history(kwargs, training):
+@pytest.mark.parametrize("table_rows", [9, 40])
+def test_packed_forward_equals_fuxictr_on_the_padded_history(kwargs, training, table_rows):
     """forward_packed (valid rows only; padded rows only in Dice's statistics, counted L - length
-    times) gives FuxiCTR's output, gradients and running statistics on the full (B, L, D)."""
+    times) gives FuxiCTR's output, gradients and running statistics on the full (B, L, D). Both
+    weighted sums: 9 table rows take the dense (B, U) score matrix (6 x 9 <= 18 valid rows x 6),
+    40 the per-row index_add (6 x 40 > 18 x 6)."""
+    target, table, index, mask = _packed_inputs(U=table_rows)
+    dense = target.shape[0] * table_rows <= int(mask.sum()) * table.shape[1]
+    assert dense == (table_rows == 9)
     stock, fused = _pair(6, **kwargs)
     stock.train(training), fused.train(training)
     if not fused.packable():
@@ -97,7 +103,7 @@ def test_packed_forward_equals_fuxictr_on_the_padded_history(kwargs, training):
         return
     outs, grads = [], []
     for module, packed in ((stock, False), (fused, True)):
-        target, table, index, mask = _packed_inputs()
+        target, table, index, mask = _packed_inputs(U=table_rows)
         target.requires_grad_(), table.requires_grad_()
         out = (module.forward_packed(target, table, index, mask) if packed
                else module(target, table[index], mask))
