@@ -6,7 +6,8 @@ A checkpoint folder holds:
 * ``trainer.pt``    optimizer, scheduler, step, epoch, batch position, RNG states, best metric
                     (absent in an export-only checkpoint);
 * ``config.yaml``   the full config (``config.to_yaml``), enough to rebuild the model;
-* ``versions.json`` python / torch / transformers / fuxictr_chime versions, the repo's git commit
+* ``versions.json`` python / torch / transformers / fuxictr_chime versions, torch's CPU capability
+                    and thread count, the repo's git commit
                     when available, the compressor name and the data fingerprint (item count,
                     attribute vocab sizes, dense widths) that export checks against.
 
@@ -94,7 +95,9 @@ def check_fingerprint(expected: Mapping[str, Any], actual: Mapping[str, Any], *,
 
 
 def version_info(compressor: str, fingerprint: Mapping[str, Any] | None = None) -> dict:
-    """Package versions, git commit of this repository (None if unavailable), compressor name."""
+    """Package versions, git commit of this repository (None if unavailable), compressor name, and
+    what a CPU run's float sums depend on: torch's CPU capability (e.g. AVX2, AVX512) and intra-op
+    thread count. A CPU run repeats to the digit only where both are the same."""
     import transformers
 
     from .. import __version__
@@ -102,6 +105,8 @@ def version_info(compressor: str, fingerprint: Mapping[str, Any] | None = None) 
     return {
         "python": platform.python_version(),
         "torch": torch.__version__,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_threads": torch.get_num_threads(),
         "transformers": transformers.__version__,
         "fuxictr_chime": __version__,
         "git_commit": _git_commit(),

@@ -154,10 +154,11 @@ def train(config: Any, *, resume: bool = False, progress: bool = True, max_steps
             if distributed.is_main_process():
                 _truncate_log(out / LOG_FILE, -1)
         logger.info("%s: %d train / %d eval users, %d micro-batches per epoch, %d optimizer steps, "
-                    "%d parameters, device %s, %d CPU threads (a CPU run repeats only for a fixed thread count: "
-                    "optim.cpu_threads pins it)",
+                    "%d parameters, device %s, %d CPU threads, CPU capability %s (a CPU run repeats only for "
+                    "a fixed thread count, which optim.cpu_threads pins, on the same CPU capability)",
                     name, len(train_ids), len(eval_ids), batches_per_epoch, total,
-                    sum(p.numel() for p in model.parameters()), device, torch.get_num_threads())
+                    sum(p.numel() for p in model.parameters()), device, torch.get_num_threads(),
+                    torch.backends.cpu.get_cpu_capability())
         ctx = _Run(config, name, model, optimizer, scheduler, data, eval_ids, fingerprint, out, device, state)
         if distributed.is_main_process():
             ctx.references = _references(config, model, data, train_ids_all, eval_ids, out)

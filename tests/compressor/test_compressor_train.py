@@ -45,6 +45,8 @@ def test_train_writes_log_and_checkpoints(tiny_config, tmp_path):
         assert sorted(p.name for p in folder.iterdir()) == ["config.yaml", "model.pt", "trainer.pt", "versions.json"]
     versions = json.loads((result.last_checkpoint / "versions.json").read_text())
     assert versions["compressor"] == "CHIME" and versions["torch"] == torch.__version__
+    assert versions["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert isinstance(versions["cpu_threads"], int) and versions["cpu_threads"] >= 1
     assert {"python", "transformers", "fuxictr_chime", "git_commit"} <= set(versions)
     assert versions["data_fingerprint"]["items"] == 20
     assert versions["data_fingerprint"]["vocab_sizes"] == {"cate_id": 6, "item_id": 21}
