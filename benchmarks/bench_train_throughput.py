@@ -349,7 +349,7 @@ def train(model, make_loader, epochs: int, warmup: int, valid_loader=None,
         model.train()
         model._epoch_index = epoch
         loader = make_loader()
-        start = time.perf_counter()
+        start = epoch_start = time.perf_counter()
         for i, batch in enumerate(loader):
             if max_batches is not None and i == max_batches:
                 break
@@ -367,6 +367,9 @@ def train(model, make_loader, epochs: int, warmup: int, valid_loader=None,
             with torch.no_grad():
                 metrics = model.evaluate(valid_loader, metrics=["AUC", "logloss"])
             score = float(metrics["AUC"]) - float(metrics["logloss"])
+            print(f"  epoch {epoch + 1}: valid AUC {float(metrics['AUC']):.5f}, logloss "
+                  f"{float(metrics['logloss']):.5f} ({time.perf_counter() - epoch_start:.0f}s)",
+                  flush=True)  # progress: a public-code epoch takes minutes on a long log
             if score > best:
                 best, best_epoch, best_state = score, epoch + 1, copy.deepcopy(model.state_dict())
             elif epoch + 1 - best_epoch >= patience:
