@@ -72,6 +72,7 @@ PUBLIC_MIN_WIDTH_SHIM = ("histories left-padded to at least max(short_len + 1, t
 # click model: logit = LOGIT_SCALE * (pref[u, c] * C - 1) / sqrt(C) - 0.5 with Dirichlet(0.3)
 # preferences; the Bayes-optimal test AUC of this generator is about 0.87 (32 clusters)
 LOGIT_SCALE = 6.0
+GOAL_SEEDS = 3  # issue 12's goal is judged on the mean of 3 seeds per model
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -117,7 +118,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--patience must be >= 0 and --epochs >= 1")
     if args.time_only and (args.data is None or args.patience > 0):
         p.error("--time-only needs --data and no --patience (it stops after --train-batches batches)")
-    if args.data is not None and not (Path(args.data) / "dataset_config.yaml").exists():
+    if args.data is not None and not args.summary and not (Path(args.data) / "dataset_config.yaml").exists():
         p.error(f"--data {args.data}: no dataset_config.yaml (run `fuxictr-chime prepare ... --out {args.data}`)")
     args.seeds = args.seeds or [args.seed]
     return args
@@ -550,6 +551,8 @@ def summary_table(results: Path, data: str) -> str:
         speedup, diff = r["speedup"].mean(), r["auc_diff"].mean()
         epochs = ", ".join(f"{int(a)}/{int(b)}" for a, b in zip(r["ours_epochs_run"], r["public_epochs_run"]))
         met = "met" if speedup >= 5 and diff >= -0.002 else "**not met**"
+        if len(r) < GOAL_SEEDS:  # the goal is a mean over 3 seeds: fewer do not judge it
+            met = f"{met} on {len(r)} seed{'s' * (len(r) > 1)} (goal: {GOAL_SEEDS})"
         lines.append(f"| {model} | {', '.join(str(int(x)) for x in r['seed'])} | {r['ours_samples_per_s'].mean():,.0f} | "
                      f"{r['public_samples_per_s'].mean():,.0f} | {speedup:.1f}x | {r['ours_auc'].mean():.4f} | "
                      f"{r['public_auc'].mean():.4f} | {diff:+.4f} ({', '.join(f'{d:+.4f}' for d in r['auc_diff'])}) | "

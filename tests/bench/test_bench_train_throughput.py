@@ -83,6 +83,8 @@ def test_arguments_are_checked(tmp_path):
         bench.parse_args(["--patience", "-1"])
     args = bench.parse_args(["--seed", "7"])
     assert args.seeds == [7] and args.models == bench.DEFAULT_MODELS
+    # --summary reads the results CSV only: the prepared folder need not be on this machine
+    assert bench.parse_args(["--data", str(tmp_path / "gone"), "--summary"]).summary
 
 
 def test_early_stopping_keeps_the_best_epoch(monkeypatch):
@@ -115,21 +117,26 @@ def test_summary_averages_the_last_row_of_each_seed_and_judges_the_goal(tmp_path
     rows = []
     for t, model, seed, speedup, diff in [("1", "TWIN", 1, 2.0, -0.1),  # superseded by the next row
                                           ("2", "TWIN", 1, 6.0, 0.001), ("3", "TWIN", 2, 8.0, -0.003),
-                                          ("4", "SDIM", 1, 4.0, 0.01)]:
+                                          ("4", "SDIM", 1, 4.0, 0.01), ("5", "ETA", 1, 5.0, -0.002),
+                                          ("6", "ETA", 2, 6.0, -0.002), ("7", "ETA", 3, 7.0, -0.002)]:
         rows.append({"time_utc": t, "data": "data/x", "model": model, "seed": seed, "speedup": speedup,
                      "auc_diff": diff, "ours_samples_per_s": 100 * speedup, "public_samples_per_s": 100,
                      "ours_auc": 0.7 + diff, "public_auc": 0.7, "ours_epochs_run": 3, "public_epochs_run": 4})
-    rows.append({**rows[0], "data": "generated", "model": "ETA"})
+    rows.append({**rows[0], "data": "generated", "model": "SimSoft"})
     with (tmp_path / "r.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
     text = bench.summary_table(tmp_path / "r.csv", "data/x")
-    # TWIN: seeds 1 (the later row) and 2: speedup 7.0, diff -0.001 -> met; SDIM: 4x -> not met
-    assert "| TWIN | 1, 2 | 700 | 100 | 7.0x | 0.6990 | 0.7000 | -0.0010 (+0.0010, -0.0030) | 3/4, 3/4 | met |" in text
+    # ETA: 3 seeds, speedup 6.0, diff -0.002 (the bound itself) -> met
+    assert text.splitlines()[-3].startswith("| ETA | 1, 2, 3 | 600 | 100 | 6.0x |")
+    assert text.splitlines()[-3].endswith("| met |")
+    # TWIN: seeds 1 (the later row) and 2: speedup 7.0, diff -0.001 -> met, but on 2 seeds of 3
+    assert ("| TWIN | 1, 2 | 700 | 100 | 7.0x | 0.6990 | 0.7000 | -0.0010 (+0.0010, -0.0030) | 3/4, 3/4 "
+            "| met on 2 seeds (goal: 3) |") in text
     sdim = next(line for line in text.splitlines() if line.startswith("| SDIM |"))
-    assert sdim.startswith("| SDIM | 1 | 400 | 100 | 4.0x |") and sdim.endswith("| **not met** |")
-    assert "| ETA |" not in text
+    assert sdim.startswith("| SDIM | 1 | 400 | 100 | 4.0x |") and sdim.endswith("| **not met** on 1 seed (goal: 3) |")
+    assert "| SimSoft |" not in text
     with pytest.raises(SystemExit, match="no converged rows with data == 'data/y'"):
         bench.summary_table(tmp_path / "r.csv", "data/y")
 
