@@ -27,6 +27,8 @@ without improvement (``--epochs`` is then a cap) and tests the best epoch's weig
 test split. ``--seeds`` repeats every model per seed (one row each, with ``seed``, the epochs run
 and the best epoch of both sides). ``DIN`` is LongCTR's DIN, i.e. ours over the whole sequence
 (``short_len = max_len``). Samples/s is always the first epoch after ``--warmup`` batches.
+Each epoch prints its valid AUC and logloss. ``--summary`` judges the goal on the mean over
+seeds and says so where a model has fewer than the goal's 3 seeds.
 
 **Time-only mode**: ``--data DIR --time-only`` times ``--train-batches`` batches (after
 ``--warmup``) of the prepared train split for both sides and stops there: samples/s and speedup
