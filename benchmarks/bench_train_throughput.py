@@ -369,10 +369,10 @@ def train(model, make_loader, epochs: int, warmup: int, valid_loader=None,
         if patience > 0 and valid_loader is not None:
             with torch.no_grad():
                 metrics = model.evaluate(valid_loader, metrics=["AUC", "logloss"])
-            score = float(metrics["AUC"]) - float(metrics["logloss"])
-            print(f"  epoch {epoch + 1}: valid AUC {float(metrics['AUC']):.5f}, logloss "
-                  f"{float(metrics['logloss']):.5f} ({time.perf_counter() - epoch_start:.0f}s)",
-                  flush=True)  # progress: a public-code epoch takes minutes on a long log
+            auc, logloss = float(metrics["AUC"]), float(metrics["logloss"])
+            score = auc - logloss
+            print(f"  epoch {epoch + 1}: valid AUC {auc:.5f}, logloss {logloss:.5f} "
+                  f"({time.perf_counter() - epoch_start:.0f}s)", flush=True)  # a public epoch takes minutes
             if score > best:
                 best, best_epoch, best_state = score, epoch + 1, copy.deepcopy(model.state_dict())
             elif epoch + 1 - best_epoch >= patience:
