@@ -30,6 +30,12 @@ and the best epoch of both sides). ``DIN`` is LongCTR's DIN, i.e. ours over the 
 Each epoch prints its valid AUC and logloss. ``--summary`` judges the goal on the mean over
 seeds and says so where a model has fewer than the goal's 3 seeds.
 
+``--eta-tiebreak longctr`` builds our ETA with ``tiebreak="longctr"`` (LongCTR's top-k tie order,
+docs/ARCHITECTURE.md section 6; the row's ``ours_params`` says so). Such rows form their own
+line of the summary; with ``--skip-public`` (ours only) that line takes the public AUC of the same
+seed from the paired rows of the default ETA (the public side does not depend on our setting) and
+judges the AUC half of the goal only.
+
 **Time-only mode**: ``--data DIR --time-only`` times ``--train-batches`` batches (after
 ``--warmup``) of the prepared train split for both sides and stops there: samples/s and speedup
 on that folder's shapes (its sequence lengths, items and batch size) where converged runs of the
@@ -110,6 +116,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="with --data: time --train-batches batches of its train split (after --warmup) "
                         "on both sides, no convergence and no AUC")
     p.add_argument("--skip-public", action="store_true", help="measure ours only")
+    p.add_argument("--eta-tiebreak", choices=["recent", "longctr"], default="recent",
+                   help="our ETA's top-k tie order: most recent first (default) or LongCTR's "
+                        "(torch.topk over the distances, as the public ETA)")
     p.add_argument("--results", default=str(RESULTS), help="CSV to append to")
     p.add_argument("--summary", action="store_true",
                    help="only write the converged-mode table of --data's rows in --results (mean over "
@@ -302,6 +311,11 @@ def model_kwargs(model: str, impl: str, args) -> dict:
     return kw
 
 
+def our_params(model: str, args) -> dict:
+    """Settings of our model only, away from its defaults (recorded as the row's ``ours_params``)."""
+    return {"tiebreak": args.eta_tiebreak} if model == "ETA" and args.eta_tiebreak != "recent" else {}
+
+
 def build_ours(model: str, feature_map, params: dict):
     from fuxictr_chime.models import get_model
 
@@ -400,7 +414,8 @@ def run_one(model: str, impl: str, args, data: dict, tmp: Path, public) -> dict:
     fmap = build_feature_map("bench", data, embedding_dim=args.embedding_dim)
     if fmap.num_fields == 0:
         raise SystemExit("no feature to train on")
-    params = {**common_kwargs(args, str(tmp / "ckpt")), **model_kwargs(model, impl, args)}
+    params = {**common_kwargs(args, str(tmp / "ckpt")), **model_kwargs(model, impl, args),
+              **(our_params(model, args) if impl == "ours" else {})}
     os.makedirs(tmp / "ckpt" / "bench", exist_ok=True)
     if impl == "ours":
         net = build_ours(model, fmap, {**params, "item_info": data["item_info"]})
@@ -476,7 +491,8 @@ def main(argv=None) -> int:
                        "max_len": args.max_len, "train_batches": args.train_batches,
                        "warmup": args.warmup, "epochs": args.epochs,
                        "test_samples": args.test_samples, "data": args.data or "generated",
-                       "seed": seed, "patience": args.patience, "time_only": args.time_only}
+                       "seed": seed, "patience": args.patience, "time_only": args.time_only,
+                       "ours_params": " ".join(f"{k}={v}" for k, v in our_params(model, args).items())}
                 for impl in ("ours", "public"):
                     if impl == "public" and public is None:
                         continue
@@ -514,7 +530,21 @@ def _rows_of(results: Path, data: str, time_only: bool):
     if rows.empty:
         mode = "time-only" if time_only else "converged"
         raise SystemExit(f"{results}: no {mode} rows with data == {data!r}")
-    return rows.sort_values("time_utc").groupby(["model", "seed"], sort=False).tail(1)
+    rows = rows.assign(ours_params=rows.get("ours_params", pd.Series("", index=rows.index)).fillna(""))
+    for col in ("public_auc", "public_samples_per_s", "public_epochs_run", "speedup", "auc_diff"):
+        if col not in rows:  # a CSV of ours-only rows (--skip-public)
+            rows[col] = np.nan
+    return rows.sort_values("time_utc").groupby(["model", "ours_params", "seed"], sort=False).tail(1)
+
+
+def _groups(rows):
+    """(label, rows sorted by seed) per model in table order, then per ``ours_params`` (the
+    default first): ``ETA`` and ``ETA (tiebreak=longctr)``."""
+    for model in [m for m in PUBLIC_NAMES if m in set(rows["model"])]:
+        of_model = rows[rows["model"] == model]
+        for params in sorted(set(of_model["ours_params"]), key=lambda p: (p != "", p)):
+            yield (f"{model} ({params})" if params else model,
+                   of_model[of_model["ours_params"] == params].sort_values("seed"))
 
 
 def time_only_table(results: Path, data: str) -> str:
@@ -532,34 +562,63 @@ def time_only_table(results: Path, data: str) -> str:
              "prepared train split on both sides; mean over seeds. Not converged runs: no AUC, so issue 12's goal is not "
              "judged here.", "",
              "| model | seeds | ours samples/s | public samples/s | speedup (per seed) |", "|---|---|---|---|---|"]
-    for model in [m for m in PUBLIC_NAMES if m in set(rows["model"])]:
-        r = rows[rows["model"] == model].sort_values("seed")
-        lines.append(f"| {model} | {', '.join(str(int(x)) for x in r['seed'])} | {r['ours_samples_per_s'].mean():,.0f} | "
+    for label, r in _groups(rows):
+        lines.append(f"| {label} | {', '.join(str(int(x)) for x in r['seed'])} | {r['ours_samples_per_s'].mean():,.0f} | "
                      f"{r['public_samples_per_s'].mean():,.0f} | {r['speedup'].mean():.1f}x "
                      f"({', '.join(f'{x:.1f}x' for x in r['speedup'])}) |")
     return "\n".join(lines) + "\n"
 
 
+def _with_paired_public(r, rows):
+    """Ours-only rows (``--skip-public``) of one group, their public columns taken from the paired
+    row (public side measured) of the same model and seed; seeds without one are dropped."""
+    paired = rows[(rows["model"] == r["model"].iloc[0]) & rows["public_auc"].notna()]
+    paired = paired.sort_values("time_utc").groupby("seed").tail(1).set_index("seed")
+    r = r[r["seed"].isin(paired.index)].copy()
+    for col in ("public_auc", "public_samples_per_s", "public_epochs_run"):
+        r[col] = r["seed"].map(paired[col])
+    r["auc_diff"] = r["ours_auc"] - r["public_auc"]
+    return r
+
+
 def summary_table(results: Path, data: str) -> str:
     """Markdown: per model, the mean over seeds of the converged rows of ``data`` (the last row of
-    each (model, seed)) and issue 12's goal (speedup >= 5, auc_diff >= -0.002, both means)."""
+    each (model, ours_params, seed)) and issue 12's goal (speedup >= 5, auc_diff >= -0.002, both
+    means). A group of ours-only rows is compared with the public AUC of the paired rows of the
+    same seeds; it judges the AUC only (its samples/s were not measured beside the public code)."""
     rows = _rows_of(results, data, time_only=False)
     lines = [f"Converged runs on `{data}` (`--patience`, best epoch tested), mean over seeds; samples/s of "
              "the first epoch; goal: speedup >= 5 and AUC difference >= -0.002.", "",
              "| model | seeds | ours samples/s | public samples/s | speedup | ours AUC | public AUC | "
              "AUC diff (per seed) | epochs ours / public | goal |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for model in [m for m in PUBLIC_NAMES if m in set(rows["model"])]:
-        r = rows[rows["model"] == model].sort_values("seed")
+    notes = []
+    for label, r in _groups(rows):
+        ours_only = r["public_auc"].isna().all()
+        if ours_only:
+            seeds = set(r["seed"])
+            r = _with_paired_public(r, rows)
+            unpaired = sorted(seeds - set(r["seed"]))
+            if unpaired:
+                notes.append(f"{label}: ours-only rows of seed{'s' * (len(unpaired) > 1)} "
+                             f"{', '.join(str(int(x)) for x in unpaired)} have no paired row of the same seed (not shown)")
+            if r.empty:
+                continue
         speedup, diff = r["speedup"].mean(), r["auc_diff"].mean()
         epochs = ", ".join(f"{int(a)}/{int(b)}" for a, b in zip(r["ours_epochs_run"], r["public_epochs_run"]))
-        met = "met" if speedup >= 5 and diff >= -0.002 else "**not met**"
+        if ours_only:
+            met = "AUC " + ("met" if diff >= -0.002 else "**not met**")
+            speed = "- (ours only)"
+        else:
+            met = "met" if speedup >= 5 and diff >= -0.002 else "**not met**"
+            speed = f"{speedup:.1f}x"
         if len(r) < GOAL_SEEDS:  # the goal is a mean over 3 seeds: fewer do not judge it
             met = f"{met} on {len(r)} seed{'s' * (len(r) > 1)} (goal: {GOAL_SEEDS})"
-        lines.append(f"| {model} | {', '.join(str(int(x)) for x in r['seed'])} | {r['ours_samples_per_s'].mean():,.0f} | "
-                     f"{r['public_samples_per_s'].mean():,.0f} | {speedup:.1f}x | {r['ours_auc'].mean():.4f} | "
-                     f"{r['public_auc'].mean():.4f} | {diff:+.4f} ({', '.join(f'{d:+.4f}' for d in r['auc_diff'])}) | "
-                     f"{epochs} | {met} |")
-    return "\n".join(lines) + "\n"
+        public = "public AUC of the paired rows" if ours_only else ""
+        lines.append(f"| {label} | {', '.join(str(int(x)) for x in r['seed'])} | {r['ours_samples_per_s'].mean():,.0f} | "
+                     f"{r['public_samples_per_s'].mean():,.0f} | {speed} | {r['ours_auc'].mean():.4f} | "
+                     f"{r['public_auc'].mean():.4f}{' (' + public + ')' if public else ''} | "
+                     f"{diff:+.4f} ({', '.join(f'{d:+.4f}' for d in r['auc_diff'])}) | {epochs} | {met} |")
+    return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
 
 
 if __name__ == "__main__":

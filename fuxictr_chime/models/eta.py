@@ -6,6 +6,9 @@ products. Every item embedding gets a SimHash signature of ``hash_bits`` (32) bi
 signs of a fixed random projection (a buffer drawn from a ``torch.Generator`` seeded with
 ``hash_seed``); the ``topk`` (50) behaviors with the smallest Hamming distance to the
 target's signature (ties: the most recent first) go to a multi-head target attention.
+``tiebreak="longctr"`` selects as LongCTR's ETA does instead: ``torch.topk`` over the distances
+with padding set to ``1 + hash_bits``, ties in the order torch returns them (spread over the
+history, depending on its padding; docs/ARCHITECTURE.md section 6).
 Signatures are computed once per distinct item of the batch, on the current embeddings
 (end to end, as in the paper), and compared as packed 64-bit words. ``reuse_hash=False``
 (LongCTR's option) hashes every batch with a fresh projection from the global torch RNG
@@ -22,21 +25,25 @@ import torch
 from ..errors import ConfigError
 from .base import LongSeqBase
 from .item_table import ItemHistory
-from .retrieval import (SimHash, TargetAttention, hamming_distance, pack_bits,
-                        recency_tiebreak, topk_gather)
+from .retrieval import (SimHash, TargetAttention, hamming_distance, longctr_topk_gather,
+                        pack_bits, recency_tiebreak, topk_gather)
 
 if TYPE_CHECKING:
     from fuxictr.features import FeatureMap
 
 
+TIEBREAKS = ("recent", "longctr")
+
+
 class ETA(LongSeqBase):
     """ETA. Defaults: ``topk=50``, ``hash_bits=32`` (1..64), ``reuse_hash=True``,
+    ``tiebreak="recent"`` (or ``"longctr"``),
     ``hash_seed`` = the experiment ``seed`` if given else 0, ``attention_dim=64``,
     ``num_heads=1``."""
 
     def __init__(self, feature_map: "FeatureMap", model_id: str | None = None, gpu: int = -1,
                  *, topk: int = 50, hash_bits: int = 32, reuse_hash: bool = True,
-                 hash_seed: int | None = None,
+                 hash_seed: int | None = None, tiebreak: str = "recent",
                  attention_dim: int = 64, num_heads: int = 1, attention_dropout: float = 0.0,
                  **kwargs: Any) -> None:
         super().__init__(feature_map, model_id, gpu, attention_dropout=attention_dropout,
@@ -44,7 +51,9 @@ class ETA(LongSeqBase):
                          **kwargs)
         if not 1 <= int(hash_bits) <= 64:
             raise ConfigError(f"ETA: hash_bits must be in 1..64, got {hash_bits}")
-        self.topk, self.reuse_hash = int(topk), bool(reuse_hash)
+        if tiebreak not in TIEBREAKS:
+            raise ConfigError(f"ETA: tiebreak must be one of {', '.join(TIEBREAKS)}, got {tiebreak!r}")
+        self.topk, self.reuse_hash, self.tiebreak = int(topk), bool(reuse_hash), tiebreak
         seed = hash_seed if hash_seed is not None else kwargs.get("seed") or 0
         self.simhash = SimHash(self.item_dim, int(hash_bits), seed=int(seed))
         self.esu = TargetAttention(self.item_dim, attention_dim, num_heads, attention_dropout,
@@ -58,7 +67,11 @@ class ETA(LongSeqBase):
             signature = pack_bits(bits)  # (U,) int64
             distance = hamming_distance(signature[history.index],
                                         signature[history.target_index].unsqueeze(1))  # (B, L)
-        rows, rows_mask = topk_gather(recency_tiebreak(distance), history.mask, self.topk,
-                                      history.index)  # (B, k), (B, k)
+        if self.tiebreak == "recent":
+            rows, rows_mask = topk_gather(recency_tiebreak(distance), history.mask, self.topk,
+                                          history.index)  # (B, k), (B, k)
+        else:
+            rows, rows_mask = longctr_topk_gather(distance, history.mask, self.topk, history.index,
+                                                  fill=self.simhash.num_bits + 1)  # (B, k), (B, k)
         long = self.esu(target, history.rows(rows), rows_mask)  # (B, D)
         return {"interest": torch.cat([self.short_interest(target, history), long], dim=-1)}

@@ -29,6 +29,7 @@ from ..errors import ConfigError
 
 __all__ = [
     "masked_softmax", "topk_gather", "topk_gather_reference", "recency_tiebreak",
+    "longctr_topk_gather",
     "TargetAttention", "target_attention", "target_attention_reference",
     "SimHash", "pack_bits", "popcount", "hamming_distance", "hamming_distance_reference",
     "bucket_codes", "sdim_aggregate", "sdim_aggregate_reference", "sdim_interest",
@@ -65,10 +66,15 @@ def topk_gather(scores: torch.Tensor, mask: torch.Tensor, k: int,
     k = min(int(k), scores.shape[1])
     filled = scores.detach().masked_fill(~mask, float("-inf"))
     index = filled.topk(k, dim=1, largest=True, sorted=True).indices  # (B, k)
-    selected_mask = mask.gather(1, index)  # (B, k)
+    return _gather_positions(index, mask, values)
+
+
+def _gather_positions(index: torch.Tensor, mask: torch.Tensor,
+                      values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``values`` (B, L, ...) and ``mask`` (B, L) at positions ``index`` (B, k)."""
     expanded = index.view(*index.shape, *([1] * (values.dim() - 2)))
     expanded = expanded.expand(-1, -1, *values.shape[2:])  # (B, k, ...)
-    return values.gather(1, expanded), selected_mask  # (B, k, ...), (B, k)
+    return values.gather(1, expanded), mask.gather(1, index)  # (B, k, ...), (B, k)
 
 
 def topk_gather_reference(scores: torch.Tensor, mask: torch.Tensor, k: int,
@@ -100,6 +106,21 @@ def recency_tiebreak(distance: torch.Tensor) -> torch.Tensor:
     length = distance.shape[1]
     age = torch.arange(length - 1, -1, -1, device=distance.device)  # (L,)
     return -(distance.to(torch.int64) * (length + 1) + age).to(torch.float32)  # (B, L)
+
+
+def longctr_topk_gather(distance: torch.Tensor, mask: torch.Tensor, k: int, values: torch.Tensor,
+                        fill: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """LongCTR's ETA selection: the ``k`` smallest ``distance`` (B, L) after padding is set to
+    ``fill`` (``1 + hash_bits``), ties in the order ``torch.topk(largest=False, sorted=True)``
+    returns them; gathers ``values`` (B, L, ...) like :func:`topk_gather`.
+
+    That tie order is torch's kernel's, not a rule: it depends on the row's layout (how much left
+    padding) and the torch build. Offered for like-for-like comparisons with the public code.
+    """
+    k = min(int(k), distance.shape[1])
+    filled = distance.detach().to(torch.float32).masked_fill(~mask, float(fill))  # (B, L)
+    index = filled.topk(k, dim=1, largest=False, sorted=True).indices  # (B, k)
+    return _gather_positions(index, mask, values)
 
 
 # --------------------------------------------------------------------------- target attention

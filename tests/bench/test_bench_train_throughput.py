@@ -141,6 +141,37 @@ def test_summary_averages_the_last_row_of_each_seed_and_judges_the_goal(tmp_path
         bench.summary_table(tmp_path / "r.csv", "data/y")
 
 
+def test_ours_only_rows_of_another_setting_take_the_public_auc_of_the_paired_seed(tmp_path):
+    """ETA with --eta-tiebreak longctr --skip-public, seeds 1-3; the default ETA paired rows exist
+    for seeds 1 and 2: its line compares seeds 1 and 2 with their public AUC, judges the AUC only."""
+    paired = [{"time_utc": str(s), "data": "data/x", "model": "ETA", "seed": s, "speedup": 6.0,
+               "auc_diff": d, "ours_samples_per_s": 600, "public_samples_per_s": 100, "ours_auc": 0.7 + d,
+               "public_auc": 0.7, "ours_epochs_run": 3, "public_epochs_run": 4, "ours_params": ""}
+              for s, d in [(1, -0.003), (2, -0.003)]]
+    ours_only = [{"time_utc": str(10 + s), "data": "data/x", "model": "ETA", "seed": s,
+                  "ours_samples_per_s": 700, "ours_auc": auc, "ours_epochs_run": 5, "ours_params": "tiebreak=longctr"}
+                 for s, auc in [(1, 0.7010), (2, 0.6990), (3, 0.5)]]
+    text = bench.summary_table(_write_rows(tmp_path / "r.csv", paired + ours_only), "data/x")
+    assert ("| ETA | 1, 2 | 600 | 100 | 6.0x | 0.6970 | 0.7000 | -0.0030 (-0.0030, -0.0030) | 3/4, 3/4 | "
+            "**not met** on 2 seeds (goal: 3) |") in text
+    assert ("| ETA (tiebreak=longctr) | 1, 2 | 700 | 100 | - (ours only) | 0.7000 | 0.7000 (public AUC of the "
+            "paired rows) | +0.0000 (+0.0010, -0.0010) | 5/4, 5/4 | AUC met on 2 seeds (goal: 3) |") in text
+    assert "ETA (tiebreak=longctr): ours-only rows of seed 3 have no paired row of the same seed (not shown)" in text
+    # without any paired row the ours-only group is named, not shown
+    text = bench.summary_table(_write_rows(tmp_path / "o.csv", ours_only), "data/x")
+    assert "ETA (tiebreak=longctr): ours-only rows of seeds 1, 2, 3 have no paired row" in text
+    assert "| ETA (tiebreak=longctr) |" not in text
+
+
+def test_our_params_record_only_settings_away_from_the_defaults(tmp_path):
+    args = bench.parse_args(["--eta-tiebreak", "longctr"])
+    assert bench.our_params("ETA", args) == {"tiebreak": "longctr"}
+    assert bench.our_params("TWIN", args) == {}
+    assert bench.our_params("ETA", bench.parse_args([])) == {}
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--eta-tiebreak", "oldest"])
+
+
 def _write_rows(path: Path, rows: list[dict]) -> Path:
     import csv
 

@@ -413,3 +413,75 @@ def test_reproduced_layout_equals_longctr_loader(make_feature_map, tiny_dataset,
     assert torch.equal(real[2], mine[2])
     with torch.no_grad():
         assert torch.equal(model(real)["y_pred"], model(mine)["y_pred"])
+
+
+@pytest.mark.skipif(not os.environ.get("LONGCTR_ZOO"),
+                    reason="set LONGCTR_ZOO to the sdist's model_zoo/LongCTR folder")
+def test_eta_with_longctr_tiebreak_equals_the_public_eta_in_loss_and_gradients(
+        make_feature_map, tiny_dataset, longctr_data, kwargs):
+    """The public ETA and ours with ``tiebreak="longctr"``, the public weights copied into ours:
+    same loss and gradients on a LongCTR batch with Hamming ties (hash_bits 4, top-5 of up to 20);
+    our default tie order (most recent first) gives another loss. Rows with at least
+    ``short_seq_len`` (5) behaviours: on shorter ones two known differences show (an empty
+    history gives zeros here, LongCTR's attention averages padding; LongCTR masks its short
+    window with ``mask[:, -short_seq_len:-1]``, one position older than the behaviours it takes)."""
+    path = Path(os.environ["LONGCTR_ZOO"]) / "ETA" / "ETA.py"
+    spec = importlib.util.spec_from_file_location("longctr_eta_under_test", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    params = tiny_dataset.params
+    settings = {"attention_dim": 8, "topk": 5, "hash_bits": 4}
+    ours = build("ETA", make_feature_map, {**kwargs, **settings}, tiebreak="longctr")
+    recent = build("ETA", make_feature_map, {**kwargs, **settings})
+    torch.manual_seed(3)
+    public = module.ETA(ours.feature_map, embedding_dim=4, dnn_hidden_units=[8],
+                        short_seq_len=5, **settings,
+                        **{k: kwargs[k] for k in ("model_root", "learning_rate", "optimizer", "loss",
+                                                  "metrics", "verbose")})
+    gen = torch.Generator().manual_seed(2)
+    with torch.no_grad():  # larger than the tiny init, so the signatures and every path matter
+        for p in public.parameters():
+            if p.requires_grad:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+    theirs = public.state_dict()
+    context = ours.context_dim  # theirs feeds [context, target, short, long], ours [target, short, long, context]
+
+    def mapped(name):
+        if name == "simhash.projection":
+            return theirs["random_rotations"][0]
+        if name.startswith("item_table.embedding."):
+            return theirs["embedding_layer." + name[len("item_table.embedding."):]]
+        if name.startswith("esu."):
+            return theirs["long_attention." + name[len("esu."):]]
+        if name == "dnn.mlp.0.weight":
+            return torch.cat([theirs[name][:, context:], theirs[name][:, :context]], dim=1)
+        return theirs[name]
+    state = {name: mapped(name) for name in ours.state_dict() if not name.startswith("item_table.item_")}
+    for model in (ours, recent):
+        missing = model.load_state_dict(state, strict=False).missing_keys
+        assert all(name.startswith("item_table.") for name in missing), missing  # only item buffers
+    lengths = pd.read_parquet(longctr_data["train"])["seq_len"].to_numpy()
+    rows = np.flatnonzero(lengths >= 5)[:32]  # see the docstring
+    assert len(rows) >= 16
+    batch = longctr_batch(ours.feature_map, longctr_data["train"], params["user_info"],
+                          params["item_info"], rows, max_len=20)
+    losses = {}
+    for name, model in (("public", public), ("ours", ours), ("recent", recent)):
+        model.train()
+        model.zero_grad()
+        out = model(batch)
+        loss = model.compute_loss(out, model.get_labels(batch))
+        loss.backward()
+        losses[name] = float(loss.detach())
+    assert losses["ours"] == pytest.approx(losses["public"], rel=1e-6)
+    assert abs(losses["recent"] - losses["public"]) > 1e-4
+    grads = {n: p.grad for n, p in public.named_parameters() if p.grad is not None}
+    for name, p in ours.named_parameters():
+        if p.grad is None:
+            continue
+        want = (torch.cat([grads[name][:, context:], grads[name][:, :context]], dim=1)
+                if name == "dnn.mlp.0.weight" else
+                grads[("long_attention." + name[4:]) if name.startswith("esu.") else
+                      ("embedding_layer." + name[len("item_table.embedding."):])
+                      if name.startswith("item_table.embedding.") else name])
+        assert torch.allclose(p.grad, want, rtol=1e-4, atol=1e-7), name

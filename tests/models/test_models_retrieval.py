@@ -8,7 +8,7 @@ from fuxictr_chime.errors import ConfigError
 from fuxictr_chime.models.item_table import ItemHistory
 from fuxictr_chime.models.retrieval import (
     SimHash, TargetAttention, bucket_codes, code_dtype, hamming_distance, hamming_distance_reference,
-    masked_softmax, pack_bits, popcount, recency_tiebreak, sdim_aggregate,
+    longctr_topk_gather, masked_softmax, pack_bits, popcount, recency_tiebreak, sdim_aggregate,
     sdim_aggregate_reference, sdim_hash_reference, sdim_interest, sdim_interest_reference,
     target_attention, target_attention_reference, topk_gather, topk_gather_reference)
 
@@ -134,6 +134,79 @@ def test_popcount_of_extremes():
 def test_bucket_codes_read_groups_as_little_endian_numbers():
     bits = torch.tensor([[1, 0, 0, 1, 1, 0, 0, 0, 1]], dtype=torch.bool)
     assert bucket_codes(bits, 3).tolist() == [[1, 3, 4]]
+
+
+def test_longctr_topk_gather_keeps_the_k_smallest_distances_and_padding_last():
+    """Many ties (distances 0..3): each row keeps k valid positions whose distances are the k
+    smallest of the row; a row with fewer valid positions than k keeps all of them, then padding."""
+    gen = torch.Generator().manual_seed(0)
+    distance = torch.randint(0, 4, (5, 12), generator=gen)
+    mask = _mask([12, 9, 5, 3, 0], 12)
+    positions = torch.arange(12).expand(5, 12)
+    got, got_mask = longctr_topk_gather(distance, mask, 4, positions, fill=5)
+    for b in range(5):
+        valid = int(mask[b].sum())
+        assert got_mask[b].tolist() == [True] * min(4, valid) + [False] * (4 - min(4, valid))
+        kept = got[b][got_mask[b]]
+        assert len(set(kept.tolist())) == len(kept) and bool(mask[b, kept].all())
+        assert sorted(distance[b, kept].tolist()) == sorted(distance[b][mask[b]].tolist())[:4]
+
+
+def test_longctr_and_recent_tie_orders_agree_when_distances_are_distinct():
+    distance = torch.stack([torch.randperm(10, generator=torch.Generator().manual_seed(s)) for s in range(3)])
+    mask = _mask([10, 10, 7], 10)
+    values = torch.arange(10).expand(3, 10)
+    a, a_mask = longctr_topk_gather(distance, mask, 4, values, fill=11)
+    b, b_mask = topk_gather(recency_tiebreak(distance), mask, 4, values)
+    assert torch.equal(a, b) and torch.equal(a_mask, b_mask)
+
+
+def _longctr_eta_long_interest(model, history):
+    """LongCTR's ETA.topk_retrieval written out (signs by argmax over [-x R, x R], distances as the
+    sum of differing bits, padding at 1 + bits, torch.topk smallest), then our ESU."""
+    dense = history.dense()  # (B, L, D)
+    target = history.target  # (B, D)
+    rotations = model.simhash.projection.unsqueeze(0).expand(len(target), -1, -1)  # (B, D, m)
+
+    def signs(vecs):
+        rotated = torch.einsum("bld,bdh->blh", vecs, rotations).unsqueeze(-1)
+        return torch.argmax(torch.cat([-rotated, rotated], dim=-1), dim=-1).float()  # (B, l, m)
+    distance = torch.abs(signs(dense) - signs(target.unsqueeze(1))).sum(dim=-1)  # (B, L)
+    distance = distance.masked_fill(~history.mask, 1 + model.simhash.num_bits)
+    index = distance.topk(min(model.topk, distance.shape[1]), dim=1, largest=False, sorted=True)[1]
+    rows = torch.gather(dense, 1, index.unsqueeze(-1).expand(-1, -1, dense.shape[-1]))
+    return model.esu(target, rows, torch.gather(history.mask, 1, index))
+
+
+def test_eta_longctr_tiebreak_long_interest_equals_longctr_retrieval(make_feature_map, model_kwargs,
+                                                                    make_batch):
+    """hash_bits 3 over 10 behaviours forces ties: ``tiebreak="longctr"`` keeps the positions LongCTR's
+    formula keeps; the default (most recent first) differs on some row."""
+    from fuxictr_chime.models import get_model
+
+    torch.manual_seed(0)
+    longctr = get_model("ETA")(make_feature_map(), **{**model_kwargs, "hash_bits": 3, "topk": 4,
+                                                      "tiebreak": "longctr"})
+    with torch.no_grad():
+        for p in longctr.item_table.parameters():
+            p.normal_(0.0, 0.5)
+    recent = get_model("ETA")(longctr.feature_map, **{**model_kwargs, "hash_bits": 3, "topk": 4})
+    recent.load_state_dict(longctr.state_dict())
+    batch = make_batch(longctr.feature_map, batch_size=6, length=10, seed=3)
+    with torch.no_grad():
+        history = longctr.get_history(batch)
+        ref = _longctr_eta_long_interest(longctr, history)
+        got = longctr.interest(history.target, history, torch.zeros(6, 0))["interest"][:, longctr.item_dim:]
+        other = recent.interest(history.target, history, torch.zeros(6, 0))["interest"][:, longctr.item_dim:]
+    assert torch.allclose(got, ref, atol=1e-6) and (ref.abs().sum(-1) > 0).any()
+    assert not torch.allclose(other, ref, atol=1e-6)
+
+
+def test_eta_tiebreak_is_checked(make_feature_map, model_kwargs):
+    from fuxictr_chime.models import get_model
+
+    with pytest.raises(ConfigError, match="tiebreak must be one of recent, longctr, got 'oldest'"):
+        get_model("ETA")(make_feature_map(), **{**model_kwargs, "tiebreak": "oldest"})
 
 
 def _history(gen, batch=4, length=7, n_items=9, dim=5):
