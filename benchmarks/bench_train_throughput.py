@@ -534,7 +534,14 @@ def _rows_of(results: Path, data: str, time_only: bool):
     for col in ("public_auc", "public_samples_per_s", "public_epochs_run", "speedup", "auc_diff"):
         if col not in rows:  # a CSV of ours-only rows (--skip-public)
             rows[col] = np.nan
-    return rows.sort_values("time_utc").groupby(["model", "ours_params", "seed"], sort=False).tail(1)
+    rows = rows.assign(_paired=rows["public_auc"].notna())  # a paired row wins over an ours-only one
+    last = rows.sort_values(["_paired", "time_utc"]).groupby(["model", "ours_params", "seed"], sort=False).tail(1)
+    for (model, params), group in last.groupby(["model", "ours_params"]):
+        if not time_only and 0 < group["_paired"].sum() < len(group):
+            raise SystemExit(f"{results}: {model} {params or '(default settings)'} has paired rows for some seeds and "
+                             f"ours-only rows (--skip-public) for others ({sorted(int(x) for x in group['seed'])}); "
+                             "keep ours-only rows of a paired setting in another --results file")
+    return last.drop(columns="_paired")
 
 
 def _groups(rows):

@@ -163,6 +163,19 @@ def test_ours_only_rows_of_another_setting_take_the_public_auc_of_the_paired_see
     assert "| ETA (tiebreak=longctr) |" not in text
 
 
+def test_a_setting_with_paired_and_ours_only_seeds_is_refused_and_a_paired_row_wins(tmp_path):
+    paired = {"time_utc": "1", "data": "data/x", "model": "ETA", "seed": 1, "speedup": 6.0, "auc_diff": 0.0,
+              "ours_samples_per_s": 600, "public_samples_per_s": 100, "ours_auc": 0.7, "public_auc": 0.7,
+              "ours_epochs_run": 3, "public_epochs_run": 4, "ours_params": ""}
+    later_ours_only = {**paired, "time_utc": "2", "public_auc": None, "speedup": None, "auc_diff": None,
+                       "public_samples_per_s": None, "ours_auc": 0.1}
+    text = bench.summary_table(_write_rows(tmp_path / "r.csv", [paired, later_ours_only]), "data/x")
+    assert "| ETA | 1 | 600 | 100 | 6.0x | 0.7000 |" in text  # seed 1's paired row, not the later one
+    mixed = [paired, {**later_ours_only, "seed": 2}]
+    with pytest.raises(SystemExit, match=r"ETA \(default settings\) has paired rows for some seeds and ours-only"):
+        bench.summary_table(_write_rows(tmp_path / "m.csv", mixed), "data/x")
+
+
 def test_our_params_record_only_settings_away_from_the_defaults(tmp_path):
     args = bench.parse_args(["--eta-tiebreak", "longctr"])
     assert bench.our_params("ETA", args) == {"tiebreak": "longctr"}
