@@ -138,6 +138,19 @@ def test_unknown_names_warn_with_the_closest_known_name(typo, suggestion, make_f
     assert f"'{typo}'" in warning and f"did you mean '{suggestion}'" in warning
 
 
+@pytest.mark.parametrize("name", ["ETA", "ETA_CHIME", "ETA_LEARN", "ETA_HIST"])
+def test_eta_tiebreak_is_a_known_key_of_eta_and_its_variants(name, make_feature_map, kwargs, caplog):
+    column = name.rpartition("_")[2].lower() if "_" in name else None
+    with caplog.at_level(logging.WARNING, logger=PARAMS_LOGGER):
+        torch.manual_seed(0)
+        model = get_model(name)(make_feature_map(**({column: True} if column else {})),
+                                **{**kwargs, "tiebreak": "longctr"})
+    assert model.tiebreak == "longctr" and records(caplog, logging.WARNING) == []
+    with caplog.at_level(logging.WARNING, logger=PARAMS_LOGGER):
+        build("TWIN", make_feature_map, kwargs, tiebreak="longctr")
+    assert any("'tiebreak'" in w and "ETA" in w for w in records(caplog, logging.WARNING))
+
+
 def test_a_parameter_of_another_model_names_its_owner(make_feature_map, kwargs, caplog):
     with caplog.at_level(logging.WARNING, logger=PARAMS_LOGGER):
         build("SDIM", make_feature_map, kwargs, sync_every=3, aux_weight=0.5)
