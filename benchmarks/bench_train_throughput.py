@@ -31,7 +31,10 @@ Each epoch prints its valid AUC and logloss. ``--summary`` judges the goal on th
 seeds and says so where a model has fewer than the goal's 3 seeds.
 
 ``--eta-tiebreak longctr`` builds our ETA with ``tiebreak="longctr"`` (LongCTR's top-k tie order,
-docs/ARCHITECTURE.md section 6; the row's ``ours_params`` says so). Such rows form their own
+docs/ARCHITECTURE.md section 6; the row's ``ours_params`` says so). Our ETA draws its SimHash
+projection from ``hash_seed``, which the bench leaves at 0 on every seed (the public ETA draws it
+from the seeded global RNG, so it changes with the seed); ``--eta-hash-seed seed`` passes the run's
+seed (``ours_params``: ``hash_seed=seed``). Such rows form their own
 line of the summary; with ``--skip-public`` (ours only) that line takes the public AUC of the same
 seed from the paired rows of the default ETA (the public side does not depend on our setting) and
 judges the AUC half of the goal only.
@@ -119,6 +122,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--eta-tiebreak", choices=["recent", "longctr"], default="recent",
                    help="our ETA's top-k tie order: most recent first (default) or LongCTR's "
                         "(torch.topk over the distances, as the public ETA)")
+    p.add_argument("--eta-hash-seed", choices=["0", "seed"], default="0",
+                   help="our ETA's SimHash projection: drawn with seed 0 on every run (default, as in the "
+                        "committed rows) or with the run's seed (the public ETA draws it from the seeded "
+                        "global RNG)")
     p.add_argument("--results", default=str(RESULTS), help="CSV to append to")
     p.add_argument("--summary", action="store_true",
                    help="only write the converged-mode table of --data's rows in --results (mean over "
@@ -312,8 +319,19 @@ def model_kwargs(model: str, impl: str, args) -> dict:
 
 
 def our_params(model: str, args) -> dict:
-    """Settings of our model only, away from its defaults (recorded as the row's ``ours_params``)."""
-    return {"tiebreak": args.eta_tiebreak} if model == "ETA" and args.eta_tiebreak != "recent" else {}
+    """Settings of our model only, away from the bench's defaults (the row's ``ours_params`` names
+    them, :func:`our_params_label`)."""
+    params = {}
+    if model == "ETA" and args.eta_tiebreak != "recent":
+        params["tiebreak"] = args.eta_tiebreak
+    if model == "ETA" and args.eta_hash_seed == "seed":
+        params["hash_seed"] = args.seed
+    return params
+
+
+def our_params_label(model: str, args) -> str:
+    """``ours_params`` of a row: the same for every seed (``hash_seed=seed``, not its value)."""
+    return " ".join(f"{k}={'seed' if k == 'hash_seed' else v}" for k, v in our_params(model, args).items())
 
 
 def build_ours(model: str, feature_map, params: dict):
@@ -492,7 +510,7 @@ def main(argv=None) -> int:
                        "warmup": args.warmup, "epochs": args.epochs,
                        "test_samples": args.test_samples, "data": args.data or "generated",
                        "seed": seed, "patience": args.patience, "time_only": args.time_only,
-                       "ours_params": " ".join(f"{k}={v}" for k, v in our_params(model, args).items())}
+                       "ours_params": our_params_label(model, args)}
                 for impl in ("ours", "public"):
                     if impl == "public" and public is None:
                         continue

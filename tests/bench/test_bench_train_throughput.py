@@ -181,6 +181,9 @@ def test_our_params_record_only_settings_away_from_the_defaults(tmp_path):
     assert bench.our_params("ETA", args) == {"tiebreak": "longctr"}
     assert bench.our_params("TWIN", args) == {}
     assert bench.our_params("ETA", bench.parse_args([])) == {}
+    args = bench.parse_args(["--eta-tiebreak", "longctr", "--eta-hash-seed", "seed", "--seed", "7"])
+    assert bench.our_params("ETA", args) == {"tiebreak": "longctr", "hash_seed": 7}
+    assert bench.our_params_label("ETA", args) == "tiebreak=longctr hash_seed=seed"  # one label for all seeds
     with pytest.raises(SystemExit):
         bench.parse_args(["--eta-tiebreak", "oldest"])
 
