@@ -74,9 +74,8 @@ def tie_order_stats(distance, mask, topk: int, short_len: int, fill: int) -> dic
     age = torch.arange(length - 1, -1, -1).expand_as(distance)  # (B, L): 0 = the most recent
     kept = {"recent": topk_gather(recency_tiebreak(distance), mask, topk, age)[0],
             "longctr": longctr_topk_gather(distance, mask, topk, age, fill=fill)[0]}  # (B, k) ages
-    position = {k: length - 1 - v for k, v in kept.items()}  # (B, k) positions
-    cutoff = distance.gather(1, position["recent"]).max(1, keepdim=True).values  # (B, 1)
-    at_cutoff = (distance.gather(1, position["recent"]) == cutoff).float().mean()
+    kept_distance = distance.gather(1, length - 1 - kept["recent"])  # (B, k); the same multiset for both orders
+    at_cutoff = (kept_distance == kept_distance.max(1, keepdim=True).values).float().mean()
     stats = {}
     for order, ages in kept.items():
         other = kept["longctr" if order == "recent" else "recent"]
@@ -103,7 +102,6 @@ def main(argv=None) -> int:
     from fuxictr_chime.data.features import build_feature_map
     from fuxictr_chime.data.loader import LongSeqDataLoader
     from fuxictr_chime.io import append_csv_rows
-    from fuxictr_chime.models.retrieval import hamming_distance, pack_bits
 
     args = parse_args(argv)
     command = " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv])
@@ -137,9 +135,7 @@ def main(argv=None) -> int:
                 if i == args.batches:
                     break
                 history = model.get_history(batch)
-                signature = pack_bits(model.simhash(history.table))  # (U,)
-                distance = hamming_distance(signature[history.index], signature[history.target_index].unsqueeze(1))
-                per_batch.append(tie_order_stats(distance, history.mask, args.topk, args.short_len,
+                per_batch.append(tie_order_stats(model.hamming_distances(history), history.mask, args.topk, args.short_len,
                                                  fill=model.simhash.num_bits + 1))
         stats = {order: _weighted([b[order] for b in per_batch]) for order in per_batch[0]}
     now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -60,13 +60,17 @@ class ETA(LongSeqBase):
                                    use_scale=self.use_scale)
         self.finish(interest_dim=2 * self.item_dim)
 
+    @torch.no_grad()
+    def hamming_distances(self, history: ItemHistory) -> torch.Tensor:
+        """(B, L) int64: Hamming distance of each behavior's signature to the target's."""
+        bits = self.simhash(history.table, resample=not self.reuse_hash)  # (U, m)
+        signature = pack_bits(bits)  # (U,) int64
+        return hamming_distance(signature[history.index],
+                                signature[history.target_index].unsqueeze(1))  # (B, L)
+
     def interest(self, target: torch.Tensor, history: ItemHistory,
                  context: torch.Tensor) -> dict[str, torch.Tensor]:
-        with torch.no_grad():
-            bits = self.simhash(history.table, resample=not self.reuse_hash)  # (U, m)
-            signature = pack_bits(bits)  # (U,) int64
-            distance = hamming_distance(signature[history.index],
-                                        signature[history.target_index].unsqueeze(1))  # (B, L)
+        distance = self.hamming_distances(history)  # (B, L)
         if self.tiebreak == "recent":
             rows, rows_mask = topk_gather(recency_tiebreak(distance), history.mask, self.topk,
                                           history.index)  # (B, k), (B, k)
