@@ -288,6 +288,24 @@ def import_public(longctr: Path):
 
 
 # ----------------------------------------------------------------------------- models
+# The settings of ETA_synthetic (batch 1024, lr 1e-3, attention 32, one head) that the ETA
+# diagnostics (eta_tie_order.py, eta_lockstep.py) share with this bench's planted-log runs.
+ETA_SETTINGS = (("--batch-size", int, 1024), ("--learning-rate", float, 1e-3), ("--attention-dim", int, 32),
+                ("--num-heads", int, 1), ("--topk", int, 50), ("--short-len", int, 30), ("--max-len", int, 1000))
+
+
+def add_eta_settings(parser: argparse.ArgumentParser) -> None:
+    """The ``ETA_SETTINGS`` options, with their defaults."""
+    for flag, kind, default in ETA_SETTINGS:
+        parser.add_argument(flag, type=kind, default=default, help="as ETA_synthetic")
+
+
+def bench_args_of(args: argparse.Namespace, seed: int) -> argparse.Namespace:
+    """This bench's arguments for the ``ETA_SETTINGS`` values of ``args`` and ``seed``."""
+    argv = [part for flag, _, _ in ETA_SETTINGS for part in (flag, str(getattr(args, flag[2:].replace("-", "_"))))]
+    return parse_args([*argv, "--seed", str(seed)])
+
+
 def common_kwargs(args, model_root: str) -> dict:
     return {"learning_rate": args.learning_rate, "embedding_dim": args.embedding_dim,
             "dnn_hidden_units": [512, 128, 64], "dnn_activations": "ReLU",

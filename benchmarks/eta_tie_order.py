@@ -36,17 +36,13 @@ RESULTS = Path(__file__).resolve().parent / "results" / "eta_tie_order.csv"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+    import bench_train_throughput as bench
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--data", required=True, help="a prepared folder (fuxictr-chime prepare)")
     p.add_argument("--epochs", type=int, default=3, help="training epochs before measuring (no early stopping)")
-    p.add_argument("--batch-size", type=int, default=1024)
-    p.add_argument("--learning-rate", type=float, default=1e-3)
-    p.add_argument("--attention-dim", type=int, default=32)
-    p.add_argument("--num-heads", type=int, default=1)
-    p.add_argument("--topk", type=int, default=50)
-    p.add_argument("--short-len", type=int, default=30)
-    p.add_argument("--max-len", type=int, default=1000)
+    bench.add_eta_settings(p)
     p.add_argument("--seed", type=int, default=2025)
     p.add_argument("--batches", type=int, default=10, help="valid batches measured")
     p.add_argument("--results", default=str(RESULTS), help="CSV to append to")
@@ -105,10 +101,7 @@ def main(argv=None) -> int:
 
     args = parse_args(argv)
     command = " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv])
-    bench_args = bench.parse_args(["--batch-size", str(args.batch_size), "--learning-rate", str(args.learning_rate),
-                                   "--attention-dim", str(args.attention_dim), "--num-heads", str(args.num_heads),
-                                   "--topk", str(args.topk), "--short-len", str(args.short_len),
-                                   "--max-len", str(args.max_len), "--seed", str(args.seed)])
+    bench_args = bench.bench_args_of(args, args.seed)
     with tempfile.TemporaryDirectory(prefix="eta_ties_") as tmp_name:
         tmp = Path(tmp_name)
         (tmp / "data").mkdir()

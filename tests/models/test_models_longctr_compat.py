@@ -25,6 +25,14 @@ BASES = ("DIN", "SimSoft", "ETA", "SDIM", "TWIN")
 REPO = Path(__file__).resolve().parents[2]
 
 
+def eta_lockstep():
+    """benchmarks/eta_lockstep.py, whose weight mapping from the public ETA the parity test uses."""
+    spec = importlib.util.spec_from_file_location("eta_lockstep_in_tests", REPO / "benchmarks" / "eta_lockstep.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.fixture
 def kwargs(tmp_path, tiny_dataset) -> dict:
     """Tiny settings with only names every long-sequence model takes."""
@@ -458,18 +466,7 @@ def test_eta_with_longctr_tiebreak_equals_the_public_eta_in_loss_and_gradients(
                 p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
     theirs = public.state_dict()
     context = ours.context_dim  # theirs feeds [context, target, short, long], ours [target, short, long, context]
-
-    def mapped(name):
-        if name == "simhash.projection":
-            return theirs["random_rotations"][0]
-        if name.startswith("item_table.embedding."):
-            return theirs["embedding_layer." + name[len("item_table.embedding."):]]
-        if name.startswith("esu."):
-            return theirs["long_attention." + name[len("esu."):]]
-        if name == "dnn.mlp.0.weight":
-            return torch.cat([theirs[name][:, context:], theirs[name][:, :context]], dim=1)
-        return theirs[name]
-    state = {name: mapped(name) for name in ours.state_dict() if not name.startswith("item_table.item_")}
+    state = eta_lockstep().public_state_for_ours(ours, theirs)
     for model in (ours, recent):
         missing = model.load_state_dict(state, strict=False).missing_keys
         assert all(name.startswith("item_table.") for name in missing), missing  # only item buffers
