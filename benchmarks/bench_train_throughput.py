@@ -122,6 +122,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--eta-tiebreak", choices=["recent", "longctr"], default="recent",
                    help="our ETA's top-k tie order: most recent first (default) or LongCTR's "
                         "(torch.topk over the distances, as the public ETA)")
+    p.add_argument("--simsoft-gsu", choices=["paper", "longctr"], default="paper",
+                   help="our SimSoft's GSU: the paper's (scaled scores, softmax auxiliary pooling, valid "
+                        "behaviours only) or LongCTR's code (model key gsu, model_zoo/README.md)")
     p.add_argument("--eta-hash-seed", choices=["0", "seed"], default="0",
                    help="our ETA's SimHash projection: drawn with seed 0 on every run (default, as in the "
                         "committed rows) or with the run's seed (the public ETA draws it from the seeded "
@@ -344,6 +347,8 @@ def our_params(model: str, args) -> dict:
         params["tiebreak"] = args.eta_tiebreak
     if model == "ETA" and args.eta_hash_seed == "seed":
         params["hash_seed"] = args.seed
+    if model == "SimSoft" and args.simsoft_gsu != "paper":
+        params["gsu"] = args.simsoft_gsu
     return params
 
 

@@ -77,6 +77,16 @@ def _gather_positions(index: torch.Tensor, mask: torch.Tensor,
     return values.gather(1, expanded), mask.gather(1, index)  # (B, k, ...), (B, k)
 
 
+def longctr_sim_topk_gather(scores: torch.Tensor, mask: torch.Tensor, k: int,
+                            values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """LongCTR SIM's GSU selection: ``topk(scores * mask)`` over every position, so a padding
+    position scores 0 and is kept ahead of valid positions with a negative score (its mask stays
+    False, so attention ignores it). Shapes as :func:`topk_gather`."""
+    k = min(int(k), scores.shape[1])
+    index = (scores.detach() * mask).topk(k, dim=1, largest=True, sorted=True).indices  # (B, k)
+    return _gather_positions(index, mask, values)
+
+
 def topk_gather_reference(scores: torch.Tensor, mask: torch.Tensor, k: int,
                           values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Plain per-row version of :func:`topk_gather`: sort each row's valid positions.

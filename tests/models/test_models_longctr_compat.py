@@ -25,6 +25,27 @@ BASES = ("DIN", "SimSoft", "ETA", "SDIM", "TWIN")
 REPO = Path(__file__).resolve().parents[2]
 
 
+def longctr_model_module(name: str):
+    """``model_zoo/LongCTR/<name>/<name>.py`` of the sdist that ``LONGCTR_ZOO`` points to."""
+    path = Path(os.environ["LONGCTR_ZOO"]) / name / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"longctr_{name.lower()}_under_test", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def train_losses(models: dict, batch) -> dict:
+    """Each model's training loss on ``batch`` (name -> float), its gradients left in place."""
+    losses = {}
+    for name, model in models.items():
+        model.train()
+        model.zero_grad()
+        loss = model.compute_loss(model(batch), model.get_labels(batch))
+        loss.backward()
+        losses[name] = float(loss.detach())
+    return losses
+
+
 def eta_lockstep():
     """benchmarks/eta_lockstep.py, whose weight mapping from the public ETA the parity test uses."""
     spec = importlib.util.spec_from_file_location("eta_lockstep_in_tests", REPO / "benchmarks" / "eta_lockstep.py")
@@ -157,6 +178,14 @@ def test_eta_tiebreak_is_a_known_key_of_eta_and_its_variants(name, make_feature_
     with caplog.at_level(logging.WARNING, logger=PARAMS_LOGGER):
         build("TWIN", make_feature_map, kwargs, tiebreak="longctr")
     assert any("'tiebreak'" in w and "ETA" in w for w in records(caplog, logging.WARNING))
+
+
+def test_simsoft_gsu_is_a_known_key_and_a_bad_value_is_refused(make_feature_map, kwargs, caplog):
+    with caplog.at_level(logging.WARNING, logger=PARAMS_LOGGER):
+        model = build("SIM", make_feature_map, kwargs, gsu="longctr")
+    assert model.gsu == "longctr" and records(caplog, logging.WARNING) == []
+    with pytest.raises(ConfigError, match="gsu must be one of paper, longctr"):
+        build("SimSoft", make_feature_map, kwargs, gsu="hard")
 
 
 def test_a_parameter_of_another_model_names_its_owner(make_feature_map, kwargs, caplog):
@@ -446,10 +475,7 @@ def test_eta_with_longctr_tiebreak_equals_the_public_eta_in_loss_and_gradients(
     ``short_seq_len`` (5) behaviours: on shorter ones two known differences show (an empty
     history gives zeros here, LongCTR's attention averages padding; LongCTR masks its short
     window with ``mask[:, -short_seq_len:-1]``, one position older than the behaviours it takes)."""
-    path = Path(os.environ["LONGCTR_ZOO"]) / "ETA" / "ETA.py"
-    spec = importlib.util.spec_from_file_location("longctr_eta_under_test", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = longctr_model_module("ETA")
     params = tiny_dataset.params
     settings = {"attention_dim": 8, "topk": 5, "hash_bits": 4}
     ours = build("ETA", make_feature_map, {**kwargs, **settings}, tiebreak="longctr")
@@ -475,14 +501,7 @@ def test_eta_with_longctr_tiebreak_equals_the_public_eta_in_loss_and_gradients(
     assert len(rows) >= 16
     batch = longctr_batch(ours.feature_map, longctr_data["train"], params["user_info"],
                           params["item_info"], rows, max_len=20)
-    losses = {}
-    for name, model in (("public", public), ("ours", ours), ("recent", recent)):
-        model.train()
-        model.zero_grad()
-        out = model(batch)
-        loss = model.compute_loss(out, model.get_labels(batch))
-        loss.backward()
-        losses[name] = float(loss.detach())
+    losses = train_losses({"public": public, "ours": ours, "recent": recent}, batch)
     assert losses["ours"] == pytest.approx(losses["public"], rel=1e-6)
     assert abs(losses["recent"] - losses["public"]) > 1e-4
     grads = {n: p.grad for n, p in public.named_parameters() if p.grad is not None}
@@ -495,3 +514,65 @@ def test_eta_with_longctr_tiebreak_equals_the_public_eta_in_loss_and_gradients(
                       ("embedding_layer." + name[len("item_table.embedding."):])
                       if name.startswith("item_table.embedding.") else name])
         assert torch.allclose(p.grad, want, rtol=1e-4, atol=1e-7), name
+
+
+@pytest.mark.skipif(not os.environ.get("LONGCTR_ZOO"),
+                    reason="set LONGCTR_ZOO to the sdist's model_zoo/LongCTR folder")
+def test_simsoft_with_longctr_gsu_equals_the_public_sim_in_loss_and_gradients(
+        make_feature_map, tiny_dataset, longctr_data, kwargs):
+    """The public SIM and ours with ``gsu="longctr"``, the public weights copied into ours: same
+    loss (GSU + ESU) and gradients on a LongCTR batch; the default GSU (scaled scores, softmax
+    pooling, valid behaviours only) gives another loss. Rows with at least ``short_seq_len``
+    behaviours, as in the ETA test above, and whose top-k keeps at least one valid behaviour: where
+    every kept slot is padding (all valid scores negative), LongCTR's attention averages the padding
+    rows and ours gives zeros, the difference of an empty history."""
+    module = longctr_model_module("SIM")
+    params = tiny_dataset.params
+    settings = {"attention_dim": 8, "topk": 5}
+    ours = build("SimSoft", make_feature_map, {**kwargs, **settings}, gsu="longctr")
+    paper = build("SimSoft", make_feature_map, {**kwargs, **settings})
+    torch.manual_seed(3)
+    public = module.SIM(ours.feature_map, embedding_dim=4, dnn_hidden_units=[8], short_seq_len=5, **settings,
+                        **{k: kwargs[k] for k in ("model_root", "learning_rate", "optimizer", "loss",
+                                                  "metrics", "verbose")})
+    gen = torch.Generator().manual_seed(2)
+    with torch.no_grad():  # larger than the tiny init, so every path matters
+        for p in public.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+    theirs, context = public.state_dict(), ours.context_dim
+    renames = {"item_table.embedding.": "embedding_layer.", "gsu_query.": "W_a.", "gsu_key.": "W_b.",
+               "esu.": "long_attention.", "aux_head.": "dnn_aux."}
+
+    def public_name(name):
+        for mine, their in renames.items():
+            if name.startswith(mine):
+                return their + name[len(mine):]
+        return name
+
+    def to_ours(name, value):  # theirs feeds [context, ...], ours [..., context]
+        if name in ("dnn.mlp.0.weight", "aux_head.mlp.0.weight"):
+            return torch.cat([value[:, context:], value[:, :context]], dim=1)
+        return value
+    state = {n: to_ours(n, theirs[public_name(n)]) for n in ours.state_dict() if not n.startswith("item_table.item_")}
+    for model in (ours, paper):
+        missing = model.load_state_dict(state, strict=False).missing_keys
+        assert all(name.startswith("item_table.") for name in missing), missing
+    lengths = pd.read_parquet(longctr_data["train"])["seq_len"].to_numpy()
+    candidates = np.flatnonzero(lengths >= 5)[:64]
+    selected = {}  # rows whose top-k keeps at least one behaviour (see the docstring)
+    hook = public.long_attention.register_forward_hook(lambda m, args, out: selected.update(mask=args[2]))
+    with torch.no_grad():
+        public(longctr_batch(ours.feature_map, longctr_data["train"], params["user_info"],
+                             params["item_info"], candidates, max_len=20))
+    hook.remove()
+    rows = candidates[selected["mask"].bool().any(1).numpy()][:32]
+    assert len(rows) >= 16
+    batch = longctr_batch(ours.feature_map, longctr_data["train"], params["user_info"],
+                          params["item_info"], rows, max_len=20)
+    losses = train_losses({"public": public, "ours": ours, "paper": paper}, batch)
+    assert losses["ours"] == pytest.approx(losses["public"], rel=1e-6)
+    assert abs(losses["paper"] - losses["public"]) > 1e-4
+    grads = {n: p.grad for n, p in public.named_parameters() if p.grad is not None}
+    for name, p in ours.named_parameters():
+        if p.grad is not None:
+            assert torch.allclose(p.grad, to_ours(name, grads[public_name(name)]), rtol=1e-4, atol=1e-7), name

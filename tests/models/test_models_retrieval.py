@@ -8,7 +8,7 @@ from fuxictr_chime.errors import ConfigError
 from fuxictr_chime.models.item_table import ItemHistory
 from fuxictr_chime.models.retrieval import (
     SimHash, TargetAttention, bucket_codes, code_dtype, hamming_distance, hamming_distance_reference,
-    longctr_topk_gather, masked_softmax, pack_bits, popcount, recency_tiebreak, sdim_aggregate,
+    longctr_sim_topk_gather, longctr_topk_gather, masked_softmax, pack_bits, popcount, recency_tiebreak, sdim_aggregate,
     sdim_aggregate_reference, sdim_hash_reference, sdim_interest, sdim_interest_reference,
     target_attention, target_attention_reference, topk_gather, topk_gather_reference)
 
@@ -150,6 +150,22 @@ def test_longctr_topk_gather_keeps_the_k_smallest_distances_and_padding_last():
         kept = got[b][got_mask[b]]
         assert len(set(kept.tolist())) == len(kept) and bool(mask[b, kept].all())
         assert sorted(distance[b, kept].tolist()) == sorted(distance[b][mask[b]].tolist())[:4]
+
+
+def test_longctr_sim_topk_keeps_padding_ahead_of_negative_scores():
+    """LongCTR SIM's top-k of scores * mask: padding (score 0) outranks the valid -1 and -2, so the
+    top-3 keeps the valid 2, then two padding slots (mask False); with positive valid scores it
+    keeps the same as the valid-only top-k."""
+    scores = torch.tensor([[5.0, 2.0, -1.0, -2.0, 7.0, 9.0]])
+    mask = torch.tensor([[False, True, True, True, False, False]])
+    positions = torch.arange(6).unsqueeze(0)
+    got, got_mask = longctr_sim_topk_gather(scores, mask, 3, positions)
+    assert got[0, 0] == 1 and set(got[0, 1:].tolist()) <= {0, 4, 5}
+    assert got_mask.tolist() == [[True, False, False]]
+    assert topk_gather(scores, mask, 3, positions)[0].tolist() == [[1, 2, 3]]  # valid ones only
+    positive = scores.abs() + 1
+    assert torch.equal(longctr_sim_topk_gather(positive, torch.ones_like(mask), 2, positions)[0],
+                       topk_gather(positive, torch.ones_like(mask), 2, positions)[0])
 
 
 def test_longctr_and_recent_tie_orders_agree_when_distances_are_distinct():
