@@ -46,6 +46,19 @@ def train_losses(models: dict, batch) -> dict:
     return losses
 
 
+def assert_same_gradients(ours, public, to_ours) -> None:
+    """Every gradient of ``ours`` equals the public model's, renamed and rearranged by ``to_ours``
+    (the mapping that loads the public weights into ours, applied to the public gradients)."""
+    grads = {n: p.grad if p.grad is not None else torch.zeros_like(p) for n, p in public.named_parameters()}
+    want = to_ours({**public.state_dict(), **grads})
+    compared = 0
+    for name, p in ours.named_parameters():
+        if p.grad is not None:
+            assert torch.allclose(p.grad, want[name], rtol=1e-4, atol=1e-7), name
+            compared += 1
+    assert compared > 0
+
+
 def eta_lockstep():
     """benchmarks/eta_lockstep.py, whose weight mapping from the public ETA the parity test uses."""
     spec = importlib.util.spec_from_file_location("eta_lockstep_in_tests", REPO / "benchmarks" / "eta_lockstep.py")
@@ -490,9 +503,8 @@ def test_eta_with_longctr_tiebreak_equals_the_public_eta_in_loss_and_gradients(
         for p in public.parameters():
             if p.requires_grad:
                 p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
-    theirs = public.state_dict()
-    context = ours.context_dim  # theirs feeds [context, target, short, long], ours [target, short, long, context]
-    state = eta_lockstep().public_state_for_ours(ours, theirs)
+    to_ours = eta_lockstep().public_state_for_ours  # renames; moves the DNN's context columns last
+    state = to_ours(ours, public.state_dict())
     for model in (ours, recent):
         missing = model.load_state_dict(state, strict=False).missing_keys
         assert all(name.startswith("item_table.") for name in missing), missing  # only item buffers
@@ -504,16 +516,7 @@ def test_eta_with_longctr_tiebreak_equals_the_public_eta_in_loss_and_gradients(
     losses = train_losses({"public": public, "ours": ours, "recent": recent}, batch)
     assert losses["ours"] == pytest.approx(losses["public"], rel=1e-6)
     assert abs(losses["recent"] - losses["public"]) > 1e-4
-    grads = {n: p.grad for n, p in public.named_parameters() if p.grad is not None}
-    for name, p in ours.named_parameters():
-        if p.grad is None:
-            continue
-        want = (torch.cat([grads[name][:, context:], grads[name][:, :context]], dim=1)
-                if name == "dnn.mlp.0.weight" else
-                grads[("long_attention." + name[4:]) if name.startswith("esu.") else
-                      ("embedding_layer." + name[len("item_table.embedding."):])
-                      if name.startswith("item_table.embedding.") else name])
-        assert torch.allclose(p.grad, want, rtol=1e-4, atol=1e-7), name
+    assert_same_gradients(ours, public, lambda public_state: to_ours(ours, public_state))
 
 
 @pytest.mark.skipif(not os.environ.get("LONGCTR_ZOO"),
@@ -553,7 +556,11 @@ def test_simsoft_with_longctr_gsu_equals_the_public_sim_in_loss_and_gradients(
         if name in ("dnn.mlp.0.weight", "aux_head.mlp.0.weight"):
             return torch.cat([value[:, context:], value[:, :context]], dim=1)
         return value
-    state = {n: to_ours(n, theirs[public_name(n)]) for n in ours.state_dict() if not n.startswith("item_table.item_")}
+
+    def ours_state(public_state):
+        return {n: to_ours(n, public_state[public_name(n)]) for n in ours.state_dict()
+                if not n.startswith("item_table.item_")}
+    state = ours_state(theirs)
     for model in (ours, paper):
         missing = model.load_state_dict(state, strict=False).missing_keys
         assert all(name.startswith("item_table.") for name in missing), missing
@@ -572,7 +579,4 @@ def test_simsoft_with_longctr_gsu_equals_the_public_sim_in_loss_and_gradients(
     losses = train_losses({"public": public, "ours": ours, "paper": paper}, batch)
     assert losses["ours"] == pytest.approx(losses["public"], rel=1e-6)
     assert abs(losses["paper"] - losses["public"]) > 1e-4
-    grads = {n: p.grad for n, p in public.named_parameters() if p.grad is not None}
-    for name, p in ours.named_parameters():
-        if p.grad is not None:
-            assert torch.allclose(p.grad, to_ours(name, grads[public_name(name)]), rtol=1e-4, atol=1e-7), name
+    assert_same_gradients(ours, public, ours_state)
