@@ -84,6 +84,15 @@ PUBLIC_MIN_WIDTH_SHIM = ("histories left-padded to at least max(short_len + 1, t
 # preferences; the Bayes-optimal test AUC of this generator is about 0.87 (32 clusters)
 LOGIT_SCALE = 6.0
 GOAL_SEEDS = 3  # issue 12's goal is judged on the mean of 3 seeds per model
+TWIN_SYNC_EVERY = 100  # our TWIN's GSU refresh (the TWIN paper's; the model's default)
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -125,6 +134,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--simsoft-gsu", choices=["paper", "longctr"], default="paper",
                    help="our SimSoft's GSU: the paper's (scaled scores, softmax auxiliary pooling, valid "
                         "behaviours only) or LongCTR's code (model key gsu, model_zoo/README.md)")
+    p.add_argument("--twin-sync-every", type=positive_int, default=TWIN_SYNC_EVERY, metavar="N",
+                   help="our TWIN's GSU copies the ESU projections every N training batches (default "
+                        f"{TWIN_SYNC_EVERY}, the TWIN paper's); 1 = LongCTR's TWIN, which retrieves with "
+                        "the live ESU weights (the same losses: tests/models/test_models_longctr_compat.py)")
     p.add_argument("--eta-hash-seed", choices=["0", "seed"], default="0",
                    help="our ETA's SimHash projection: drawn with seed 0 on every run (default, as in the "
                         "committed rows) or with the run's seed (the public ETA draws it from the seeded "
@@ -335,7 +348,7 @@ def model_kwargs(model: str, impl: str, args) -> dict:
     if model == "SDIM":
         kw.update(num_hashes=48, hash_bits=3)
     if model == "TWIN":
-        kw["sync_every"] = 100
+        kw["sync_every"] = TWIN_SYNC_EVERY
     return kw
 
 
@@ -349,6 +362,8 @@ def our_params(model: str, args) -> dict:
         params["hash_seed"] = args.seed
     if model == "SimSoft" and args.simsoft_gsu != "paper":
         params["gsu"] = args.simsoft_gsu
+    if model == "TWIN" and args.twin_sync_every != TWIN_SYNC_EVERY:
+        params["sync_every"] = args.twin_sync_every
     return params
 
 

@@ -186,6 +186,12 @@ def test_our_params_record_only_settings_away_from_the_defaults(tmp_path):
     assert bench.our_params_label("ETA", args) == "tiebreak=longctr hash_seed=seed"  # one label for all seeds
     with pytest.raises(SystemExit):
         bench.parse_args(["--eta-tiebreak", "oldest"])
+    args = bench.parse_args(["--twin-sync-every", "1"])
+    assert bench.our_params("TWIN", args) == {"sync_every": 1} and bench.our_params("ETA", args) == {}
+    assert bench.our_params_label("TWIN", args) == "sync_every=1"
+    assert bench.our_params("TWIN", bench.parse_args(["--twin-sync-every", "100"])) == {}  # the default
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--twin-sync-every", "0"])
 
 
 def _write_rows(path: Path, rows: list[dict]) -> Path:

@@ -3,7 +3,10 @@ star-import, and the tuple batches of LongCTR's own data loader.
 
 LongCTR = the benchmark code in the FuxiCTR 2.3.10 sdist, ``model_zoo/LongCTR``. Set
 ``LONGCTR_ZOO`` to that folder to also check our reproduction of its batches against its
-real ``LongCTRDataLoader`` (skipped otherwise).
+real ``LongCTRDataLoader``, and each of our models against the public one, its weights copied
+into ours: the same loss and gradients for DIN over the whole sequence, SDIM, ETA
+(``tiebreak: longctr``), SimSoft (``gsu: longctr``) and TWIN (``sync_every: 1``, also over
+optimizer steps) (skipped otherwise).
 """
 from __future__ import annotations
 
@@ -478,6 +481,87 @@ def test_reproduced_layout_equals_longctr_loader(make_feature_map, tiny_dataset,
         assert torch.equal(model(real)["y_pred"], model(mine)["y_pred"])
 
 
+# --------------------------------------------------------------------------- the public models
+LONGCTR_KWARGS = ("model_root", "learning_rate", "optimizer", "loss", "metrics", "verbose")
+
+
+def longctr_state(ours, public_state: dict, renames: dict, layers: dict, extra=None) -> dict:
+    """Our state (names as ``ours.state_dict()``, item buffers left out: data, not weights) from a
+    LongCTR model's. ``renames``: our name prefix -> theirs, the longest matching prefix wins.
+    ``layers``: our layer -> LongCTR's order of its input blocks, context first (SDIM's DNN:
+    ``("context", "target", "long", "short")``); ours takes them as target, short, long (or the
+    pooled sequence), context. ``extra``: our name -> function of the public state, for weights
+    LongCTR holds in another shape."""
+    widths = {"context": ours.context_dim, "target": ours.item_dim, "short": ours.item_dim,
+              "long": ours.item_dim, "pooling": ours.item_dim}
+
+    def public_name(name):
+        for mine in sorted(renames, key=len, reverse=True):
+            if name.startswith(mine):
+                return renames[mine] + name[len(mine):]
+        return name
+
+    def one(name):
+        if extra and name in extra:
+            return extra[name](public_state)
+        value = public_state[public_name(name)]
+        if name not in layers:
+            return value
+        order = layers[name]
+        starts = dict(zip(order, np.cumsum([0] + [widths[b] for b in order])))
+        ours_order = [b for b in ("target", "short", "long", "pooling") if b in order] + ["context"]
+        return torch.cat([value[:, starts[b]:starts[b] + widths[b]] for b in ours_order], dim=1)
+    return {name: one(name).clone() for name in ours.state_dict() if not name.startswith("item_table.item_")}
+
+
+def public_model(name: str, feature_map, kwargs: dict, **settings):
+    """LongCTR's ``name`` on ``feature_map`` with the tiny settings and weights N(0, 0.3^2), larger
+    than the tiny init, so every path matters; embedding rows at ``padding_idx`` stay zero, as
+    FuxiCTR initializes them and as their (zero) gradient keeps them."""
+    torch.manual_seed(3)
+    model = getattr(longctr_model_module(name), name)(
+        feature_map, embedding_dim=4, dnn_hidden_units=[8], **settings,
+        **{k: kwargs[k] for k in LONGCTR_KWARGS})
+    gen = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+        for module in model.modules():
+            if isinstance(module, torch.nn.Embedding) and module.padding_idx is not None:
+                module.weight[module.padding_idx] = 0.0
+    return model
+
+
+def load_public(models, state: dict) -> None:
+    for model in models:
+        missing = model.load_state_dict(state, strict=False).missing_keys
+        assert all(name.startswith("item_table.") for name in missing), missing  # only item buffers
+
+
+def assert_parity(public, ours, other, batch, to_ours) -> None:
+    """On ``batch``: ``ours`` (the public weights loaded through ``to_ours``) gives the public model's
+    training loss and gradients; ``other``, ours with the setting under test changed, another loss
+    (so the batch exercises that setting)."""
+    losses = train_losses({"public": public, "ours": ours, "other": other}, batch)
+    assert losses["ours"] == pytest.approx(losses["public"], rel=1e-6)
+    assert abs(losses["other"] - losses["public"]) > 1e-4
+    assert_same_gradients(ours, public, to_ours)
+
+
+def long_rows_batches(model, tiny_dataset, longctr_data, size: int = 32, count: int = 1):
+    """``count`` LongCTR batches of ``size`` train rows with at least 5 behaviours: LongCTR masks its
+    short window with ``mask[:, -short_seq_len:-1]``, one position older than the behaviours it
+    takes, which only matters on shorter rows (the ETA test above)."""
+    params = tiny_dataset.params
+    lengths = pd.read_parquet(longctr_data["train"])["seq_len"].to_numpy()
+    rows = np.flatnonzero(lengths >= 5)
+    assert len(rows) >= size * count
+    return [longctr_batch(model.feature_map, longctr_data["train"], params["user_info"],
+                          params["item_info"], rows[start:start + size], max_len=20)
+            for start in range(0, size * count, size)]
+
+
 @pytest.mark.skipif(not os.environ.get("LONGCTR_ZOO"),
                     reason="set LONGCTR_ZOO to the sdist's model_zoo/LongCTR folder")
 def test_eta_with_longctr_tiebreak_equals_the_public_eta_in_loss_and_gradients(
@@ -488,35 +572,14 @@ def test_eta_with_longctr_tiebreak_equals_the_public_eta_in_loss_and_gradients(
     ``short_seq_len`` (5) behaviours: on shorter ones two known differences show (an empty
     history gives zeros here, LongCTR's attention averages padding; LongCTR masks its short
     window with ``mask[:, -short_seq_len:-1]``, one position older than the behaviours it takes)."""
-    module = longctr_model_module("ETA")
-    params = tiny_dataset.params
     settings = {"attention_dim": 8, "topk": 5, "hash_bits": 4}
     ours = build("ETA", make_feature_map, {**kwargs, **settings}, tiebreak="longctr")
     recent = build("ETA", make_feature_map, {**kwargs, **settings})
-    torch.manual_seed(3)
-    public = module.ETA(ours.feature_map, embedding_dim=4, dnn_hidden_units=[8],
-                        short_seq_len=5, **settings,
-                        **{k: kwargs[k] for k in ("model_root", "learning_rate", "optimizer", "loss",
-                                                  "metrics", "verbose")})
-    gen = torch.Generator().manual_seed(2)
-    with torch.no_grad():  # larger than the tiny init, so the signatures and every path matter
-        for p in public.parameters():
-            if p.requires_grad:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+    public = public_model("ETA", ours.feature_map, kwargs, short_seq_len=5, **settings)
     to_ours = eta_lockstep().public_state_for_ours  # renames; moves the DNN's context columns last
-    state = to_ours(ours, public.state_dict())
-    for model in (ours, recent):
-        missing = model.load_state_dict(state, strict=False).missing_keys
-        assert all(name.startswith("item_table.") for name in missing), missing  # only item buffers
-    lengths = pd.read_parquet(longctr_data["train"])["seq_len"].to_numpy()
-    rows = np.flatnonzero(lengths >= 5)[:32]  # see the docstring
-    assert len(rows) >= 16
-    batch = longctr_batch(ours.feature_map, longctr_data["train"], params["user_info"],
-                          params["item_info"], rows, max_len=20)
-    losses = train_losses({"public": public, "ours": ours, "recent": recent}, batch)
-    assert losses["ours"] == pytest.approx(losses["public"], rel=1e-6)
-    assert abs(losses["recent"] - losses["public"]) > 1e-4
-    assert_same_gradients(ours, public, lambda public_state: to_ours(ours, public_state))
+    load_public((ours, recent), to_ours(ours, public.state_dict()))
+    batch, = long_rows_batches(ours, tiny_dataset, longctr_data)  # see the docstring
+    assert_parity(public, ours, recent, batch, lambda public_state: to_ours(ours, public_state))
 
 
 @pytest.mark.skipif(not os.environ.get("LONGCTR_ZOO"),
@@ -529,41 +592,19 @@ def test_simsoft_with_longctr_gsu_equals_the_public_sim_in_loss_and_gradients(
     behaviours, as in the ETA test above, and whose top-k keeps at least one valid behaviour: where
     every kept slot is padding (all valid scores negative), LongCTR's attention averages the padding
     rows and ours gives zeros, the difference of an empty history."""
-    module = longctr_model_module("SIM")
     params = tiny_dataset.params
     settings = {"attention_dim": 8, "topk": 5}
     ours = build("SimSoft", make_feature_map, {**kwargs, **settings}, gsu="longctr")
     paper = build("SimSoft", make_feature_map, {**kwargs, **settings})
-    torch.manual_seed(3)
-    public = module.SIM(ours.feature_map, embedding_dim=4, dnn_hidden_units=[8], short_seq_len=5, **settings,
-                        **{k: kwargs[k] for k in ("model_root", "learning_rate", "optimizer", "loss",
-                                                  "metrics", "verbose")})
-    gen = torch.Generator().manual_seed(2)
-    with torch.no_grad():  # larger than the tiny init, so every path matters
-        for p in public.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
-    theirs, context = public.state_dict(), ours.context_dim
+    public = public_model("SIM", ours.feature_map, kwargs, short_seq_len=5, **settings)
     renames = {"item_table.embedding.": "embedding_layer.", "gsu_query.": "W_a.", "gsu_key.": "W_b.",
                "esu.": "long_attention.", "aux_head.": "dnn_aux."}
 
-    def public_name(name):
-        for mine, their in renames.items():
-            if name.startswith(mine):
-                return their + name[len(mine):]
-        return name
-
-    def to_ours(name, value):  # theirs feeds [context, ...], ours [..., context]
-        if name in ("dnn.mlp.0.weight", "aux_head.mlp.0.weight"):
-            return torch.cat([value[:, context:], value[:, :context]], dim=1)
-        return value
-
     def ours_state(public_state):
-        return {n: to_ours(n, public_state[public_name(n)]) for n in ours.state_dict()
-                if not n.startswith("item_table.item_")}
-    state = ours_state(theirs)
-    for model in (ours, paper):
-        missing = model.load_state_dict(state, strict=False).missing_keys
-        assert all(name.startswith("item_table.") for name in missing), missing
+        return longctr_state(ours, public_state, renames,
+                             {"dnn.mlp.0.weight": ("context", "target", "short", "long"),
+                              "aux_head.mlp.0.weight": ("context", "target", "pooling")})
+    load_public((ours, paper), ours_state(public.state_dict()))
     lengths = pd.read_parquet(longctr_data["train"])["seq_len"].to_numpy()
     candidates = np.flatnonzero(lengths >= 5)[:64]
     selected = {}  # rows whose top-k keeps at least one behaviour (see the docstring)
@@ -576,7 +617,89 @@ def test_simsoft_with_longctr_gsu_equals_the_public_sim_in_loss_and_gradients(
     assert len(rows) >= 16
     batch = longctr_batch(ours.feature_map, longctr_data["train"], params["user_info"],
                           params["item_info"], rows, max_len=20)
-    losses = train_losses({"public": public, "ours": ours, "paper": paper}, batch)
-    assert losses["ours"] == pytest.approx(losses["public"], rel=1e-6)
-    assert abs(losses["paper"] - losses["public"]) > 1e-4
-    assert_same_gradients(ours, public, ours_state)
+    assert_parity(public, ours, paper, batch, ours_state)
+
+
+@pytest.mark.skipif(not os.environ.get("LONGCTR_ZOO"),
+                    reason="set LONGCTR_ZOO to the sdist's model_zoo/LongCTR folder")
+def test_twin_synced_every_batch_trains_as_the_public_twin(make_feature_map, tiny_dataset,
+                                                           longctr_data, kwargs):
+    """LongCTR's TWIN retrieves with the live ESU projections (top-k of the ESU's own scores, one
+    attention); ours retrieves with copies refreshed every ``sync_every`` batches (the TWIN paper,
+    100 by default). With ``sync_every=1`` the two are one function: the same loss and gradients
+    from the public weights, and the same losses over three optimizer steps (Adam, clipping). A GSU
+    copy that disagrees with the ESU gives another loss: the retrieval matters on these batches."""
+    settings = {"attention_dim": 8, "topk": 5}
+    ours = build("TWIN", make_feature_map, {**kwargs, **settings}, sync_every=1)
+    stale = build("TWIN", make_feature_map, {**kwargs, **settings})
+    public = public_model("TWIN", ours.feature_map, kwargs, short_seq_len=5, **settings)
+    renames = {"item_table.embedding.": "embedding_layer.", "esu.": "long_attention.",
+               "esu.W_k.": "long_attention.W_h.", "gsu_query_weight": "long_attention.W_q.weight",
+               "gsu_key_weight": "long_attention.W_h.weight"}
+
+    def to_ours(public_state):
+        return longctr_state(ours, public_state, renames,
+                             {"dnn.mlp.0.weight": ("context", "target", "short", "long")})
+    load_public((ours, stale), to_ours(public.state_dict()))
+    with torch.no_grad():
+        stale.gsu_key_weight.copy_(torch.randn(stale.gsu_key_weight.shape,
+                                               generator=torch.Generator().manual_seed(5)))
+    batches = long_rows_batches(ours, tiny_dataset, longctr_data, size=15, count=3)
+    assert_parity(public, ours, stale, batches[0], to_ours)
+    public._batch_index, public._max_gradient_norm = 0, 10.  # LongCTR's fit() sets them
+    for model in (ours, public):
+        model.optimizer.zero_grad()
+    for batch in batches:
+        ours_loss, public_loss = float(ours.train_step(batch)), float(public.train_step(batch).detach())
+        assert ours_loss == pytest.approx(public_loss, rel=1e-5)
+    assert torch.allclose(ours.gsu_key_weight, ours.esu.W_k.weight)  # refreshed after each step
+
+
+@pytest.mark.skipif(not os.environ.get("LONGCTR_ZOO"),
+                    reason="set LONGCTR_ZOO to the sdist's model_zoo/LongCTR folder")
+def test_sdim_equals_the_public_sdim_in_loss_and_gradients(make_feature_map, tiny_dataset,
+                                                           longctr_data, kwargs):
+    """LongCTR's SDIM (``l2_norm`` False, its default; 3 signatures of 2 bits, so behaviours
+    collide with the target) and ours with its random rotations as our projection: the same
+    loss and gradients. Another projection gives another loss: the collisions matter."""
+    settings = {"attention_dim": 8, "num_hashes": 3, "hash_bits": 2}
+    ours = build("SDIM", make_feature_map, {**kwargs, **settings}, l2_norm=False)
+    other = build("SDIM", make_feature_map, {**kwargs, **settings}, l2_norm=False)
+    public = public_model("SDIM", ours.feature_map, kwargs, short_seq_len=5, **settings)
+
+    def projection(public_state):  # (1, D, hashes, bits) -> (D, hashes * bits): signature-major
+        return public_state["random_rotations"][0].reshape(ours.item_dim, -1)
+
+    def to_ours(public_state):
+        return longctr_state(ours, public_state, {"item_table.embedding.": "embedding_layer."},
+                             {"dnn.mlp.0.weight": ("context", "target", "long", "short")},
+                             extra={"simhash.projection": projection})
+    state = to_ours(public.state_dict())
+    load_public((ours, other), state)
+    with torch.no_grad():
+        other.simhash.projection.copy_(torch.randn(other.simhash.projection.shape,
+                                                   generator=torch.Generator().manual_seed(5)))
+    batch, = long_rows_batches(ours, tiny_dataset, longctr_data)
+    assert_parity(public, ours, other, batch, to_ours)
+
+
+@pytest.mark.skipif(not os.environ.get("LONGCTR_ZOO"),
+                    reason="set LONGCTR_ZOO to the sdist's model_zoo/LongCTR folder")
+@pytest.mark.parametrize("softmax", [False, True])
+def test_din_over_the_whole_sequence_equals_the_public_din(softmax, make_feature_map, tiny_dataset,
+                                                           longctr_data, kwargs):
+    """LongCTR's DIN attends over every behaviour of the batch (Dice's batch statistics over every
+    padded position); ours with ``short_len`` = ``max_len`` (``DIN_full_<dataset>``) gives the same
+    loss and gradients from the public weights, with sum pooling (DIN's, LongCTR's default) and
+    with ``din_use_softmax``. Ours over the last 4 behaviours gives another loss."""
+    ours = build("DIN", make_feature_map, kwargs, short_len=50, din_use_softmax=softmax)
+    short = build("DIN", make_feature_map, kwargs, din_use_softmax=softmax)
+    public = public_model("DIN", ours.feature_map, kwargs, din_use_softmax=softmax)
+
+    def to_ours(public_state):
+        return longctr_state(ours, public_state, {"item_table.embedding.": "embedding_layer.",
+                                                  "short_attention.": "attention_layers."},
+                             {"dnn.mlp.0.weight": ("context", "target", "pooling")})
+    load_public((ours, short), to_ours(public.state_dict()))
+    batch, = long_rows_batches(ours, tiny_dataset, longctr_data)
+    assert_parity(public, ours, short, batch, to_ours)
