@@ -84,7 +84,7 @@ PUBLIC_MIN_WIDTH_SHIM = ("histories left-padded to at least max(short_len + 1, t
 # preferences; the Bayes-optimal test AUC of this generator is about 0.87 (32 clusters)
 LOGIT_SCALE = 6.0
 GOAL_SEEDS = 3  # issue 12's goal is judged on the mean of 3 seeds per model
-TWIN_SYNC_EVERY = 100  # our TWIN's GSU refresh (the TWIN paper's; the model's default)
+TWIN_SYNC_EVERY = 100  # our TWIN's GSU refresh (the CHIME paper's setting; the model's default)
 
 
 def positive_int(text: str) -> int:
@@ -136,7 +136,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "behaviours only) or LongCTR's code (model key gsu, model_zoo/README.md)")
     p.add_argument("--twin-sync-every", type=positive_int, default=TWIN_SYNC_EVERY, metavar="N",
                    help="our TWIN's GSU copies the ESU projections every N training batches (default "
-                        f"{TWIN_SYNC_EVERY}, the TWIN paper's); 1 = LongCTR's TWIN, which retrieves with "
+                        f"{TWIN_SYNC_EVERY}, the CHIME paper's setting); 1 = LongCTR's TWIN, which retrieves with "
                         "the live ESU weights (the same losses: tests/models/test_models_longctr_compat.py)")
     p.add_argument("--eta-hash-seed", choices=["0", "seed"], default="0",
                    help="our ETA's SimHash projection: drawn with seed 0 on every run (default, as in the "
