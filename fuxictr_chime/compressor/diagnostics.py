@@ -62,10 +62,13 @@ __all__ = [
     "Moments", "collapse_stats", "effective_rank", "first_pc_share", "mean_pairwise_cosine",
     "level_variance_shares", "code_user_information", "mutual_information", "conditional_mutual_information",
     "coverage", "user_states", "collect_states", "state_diagnostics", "export_diagnostics",
-    "format_eval_summary", "format_export_diagnostics", "REFERENCE_NAMES", "DIAGNOSTIC_COLUMNS", "TRUTH_FILE",
+    "format_eval_summary", "format_export_diagnostics", "REFERENCE_NAMES", "REFERENCE_LABELS", "DIAGNOSTIC_COLUMNS",
+    "TRUTH_FILE",
 ]
 
 REFERENCE_NAMES = ("uniform", "popularity", "cooccurrence", "popularity_cooccurrence", "oracle")
+#: how the console names a reference scorer (the name itself where absent)
+REFERENCE_LABELS = {"cooccurrence": "co-occurrence", "popularity_cooccurrence": "pop x co-occ."}
 #: log.csv columns written by the trainer: reference losses (eval rows) and collapse of z.
 DIAGNOSTIC_COLUMNS = (*(f"ref_{name}" for name in REFERENCE_NAMES), "eff_rank", "pc1_share", "mean_cosine")
 TRUTH_FILE = "planted_truth.json"  # written by the planted synthetic generator
@@ -575,9 +578,8 @@ def format_eval_summary(result: Mapping[str, Any], references: Mapping[str, floa
                         stats: Mapping[str, float] | None, metric: str = "holistic") -> str:
     """One console line, e.g. ``eval holistic 6.674 | uniform 6.742 | popularity 6.700 | ... | eff. rank 1.1``."""
     parts = [f"eval {metric} {_num(result[metric])}"]
-    labels = {"cooccurrence": "co-occurrence", "popularity_cooccurrence": "pop x co-occ."}
     for name, value in (references or {}).items():
-        parts.append(f"{labels.get(name, name)} {_num(value)}")
+        parts.append(f"{REFERENCE_LABELS.get(name, name)} {_num(value)}")
     if stats:
         parts += [f"eff. rank {_num(stats['eff_rank'], 2)}", f"PC1 {_pct(stats['pc1_share'])}",
                   f"mean cos {_num(stats['mean_cosine'])}"]
