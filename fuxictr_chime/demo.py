@@ -93,7 +93,9 @@ def eval_curve_line(name: str, log, metric: str) -> str:
     eval after step 0 (the trainer's rule for ``best/``, the checkpoint the demo exports) and the
     reference scorers logged beside it (``ref_*`` columns; CHIME only), e.g.
     ``CHIME eval holistic loss: 6.7469 (step 0) -> 6.6743 (step 300), best 6.6743 at step 300 (exported);
-    references: uniform 6.7416, popularity 6.7333, ...``."""
+    references on the same eval users: uniform 6.7416, popularity 6.7333, ...``."""
+    import pandas as pd
+
     from .compressor.diagnostics import REFERENCE_LABELS, REFERENCE_NAMES
 
     ev = log[log["split"] == "eval"]
@@ -105,7 +107,7 @@ def eval_curve_line(name: str, log, metric: str) -> str:
         best = after.loc[after[metric].idxmin()]
         line += f", best {best[metric]:.4f} at step {int(best['step'])} (exported)"
     refs = [f"{REFERENCE_LABELS.get(r, r)} {first[f'ref_{r}']:.4f}" for r in REFERENCE_NAMES
-            if f"ref_{r}" in ev.columns and first[f"ref_{r}"] == first[f"ref_{r}"]]  # NaN: not logged
+            if f"ref_{r}" in ev.columns and pd.notna(first[f"ref_{r}"])]  # NaN: not logged (e.g. no oracle)
     if refs:
         line += "; references on the same eval users: " + ", ".join(refs)
     return line
