@@ -138,12 +138,26 @@ def read_auc(path: Path, expid: str) -> dict[int, float]:
     return {int(r["seed"]): float(r["test_AUC"]) for r in read_rows(path) if r["expid"] == expid}
 
 
+def paired_cells(mine: dict[int, float], other: dict[int, float]) -> tuple[list[str], float, float] | None:
+    """The cells ``seeds | mine's mean | other's mean | difference (per seed) | p`` of a markdown row
+    comparing two experiments' test AUCs paired by seed (one-sided paired t-test that ``mine`` is
+    higher; ``-`` below two seeds), then the two means; None without a common seed."""
+    from fuxictr_chime.bench.table import paired_pvalue
+
+    seeds = sorted(set(mine) & set(other))
+    if not seeds:
+        return None
+    a, b = np.array([mine[s] for s in seeds]), np.array([other[s] for s in seeds])
+    p = paired_pvalue(a, b, higher_is_better=True)
+    return [", ".join(map(str, seeds)), f"{a.mean():.4f}", f"{b.mean():.4f}",
+            f"{a.mean() - b.mean():+.4f} ({', '.join(f'{d:+.4f}' for d in a - b)})",
+            "-" if p is None else f"{p:.3f}"], float(a.mean()), float(b.mean())
+
+
 def table(out: Path, baseline: Path, data: Path) -> str:
     """Every model with rows in ``<out>/runs.csv`` (in order of its first row), each variant
     paired by seed with the plain model's rows of ``baseline``."""
     import json
-
-    from fuxictr_chime.bench.table import paired_pvalue
 
     oracle = json.loads((data / "summary.json").read_text())["oracle"]["test"]["auc"]
     models = list(dict.fromkeys(r["expid"].split("_ORACLE")[0] for r in read_rows(out / "runs.csv")
@@ -160,19 +174,32 @@ def table(out: Path, baseline: Path, data: Path) -> str:
                 "normalized, column_interaction": "_normalized_interaction"}
     for model, label in ((m, label) for m in models for label in variants):
         expid = f"{model}_ORACLE{variants[label]}_synthetic"
-        mine, base = read_auc(out / "runs.csv", expid), read_auc(baseline, f"{model}_synthetic")
-        seeds = sorted(set(mine) & set(base))
-        if not seeds:
+        paired = paired_cells(read_auc(out / "runs.csv", expid), read_auc(baseline, f"{model}_synthetic"))
+        if paired is None:
             continue
-        a, b = np.array([mine[s] for s in seeds]), np.array([base[s] for s in seeds])
-        p = paired_pvalue(a, b, higher_is_better=True)
-        lines.append(f"| {model} w/ truth ({label}) vs {model} | {', '.join(map(str, seeds))} | {a.mean():.4f} | "
-                     f"{b.mean():.4f} | {a.mean() - b.mean():+.4f} ({', '.join(f'{d:+.4f}' for d in a - b)}) | "
-                     f"{'-' if p is None else f'{p:.3f}'} | {(a.mean() - b.mean()) / (oracle - b.mean()):.0%} |")
+        cells, truth, plain = paired
+        share = (truth - plain) / (oracle - plain)
+        lines.append(f"| {model} w/ truth ({label}) vs {model} | {' | '.join(cells)} | {share:.0%} |")
     text = "\n".join([*lines, "", "Written by `python benchmarks/oracle_column.py --model MODEL [--interaction] "
                                   "[--normalize] --seeds ...`; each run's command is in runs.csv."]) + "\n"
     write_text_atomic(out / "oracle_column.md", text)
     return text
+
+
+def run_seeds(out: Path, config: Path, expid: str, seeds: list[int], threads: int) -> None:
+    """``fuxictr-chime run`` of ``expid`` from ``config`` for each seed without a row in
+    ``<out>/runs.csv`` (checkpoints under ``<out>/runs/checkpoints/seed_<s>``, so that instances with
+    other seeds can run at once; each log to ``<out>/logs/<expid>_<seed>.log``)."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    done = read_auc(out / "runs.csv", expid)
+    for seed in (s for s in seeds if s not in done):
+        command = [sys.executable, "-m", "fuxictr_chime.cli", "run", "--config", str(config), "--expid", expid,
+                   "--seed", str(seed), "--model-root", str(out / "runs" / "checkpoints" / f"seed_{seed}"),
+                   "--results", str(out / "runs.csv")]
+        print("+", shlex.join(command), flush=True)
+        (out / "logs").mkdir(exist_ok=True)
+        with open(out / "logs" / f"{expid}_{seed}.log", "w") as log:
+            subprocess.check_call(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -206,18 +233,7 @@ def main(argv: list[str] | None = None) -> None:
         expid = make_config(args.model, view, config, args.out / "runs" / "processed",  # an unknown --model
                             normalized=args.normalize)[1 if args.interaction else 0]  # stops before the view
         make_view(args.data, view, normalize=args.normalize)
-        env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
-        done = read_auc(args.out / "runs.csv", expid)
-        for seed in args.seeds:
-            if seed in done:
-                continue
-            command = [sys.executable, "-m", "fuxictr_chime.cli", "run", "--config", str(config), "--expid", expid,
-                       "--seed", str(seed), "--model-root", str(args.out / "runs" / "checkpoints" / f"seed_{seed}"),
-                       "--results", str(args.out / "runs.csv")]
-            print("+", shlex.join(command), flush=True)
-            (args.out / "logs").mkdir(exist_ok=True)
-            with open(args.out / "logs" / f"{expid}_{seed}.log", "w") as log:
-                subprocess.check_call(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+        run_seeds(args.out, config, expid, args.seeds, args.threads)
     print(table(args.out, args.baseline, args.data))
 
 

@@ -406,6 +406,80 @@ def test_oracle_column_table_pairs_every_model_in_its_runs_with_that_models_plai
     assert (tmp_path / "oracle_column.md").read_text() == text
 
 
+def test_stats_column_scale_standardizes_each_float_over_the_users_with_history():
+    import numpy as np
+
+    scale = _script("stats_column_scale")
+    rows = np.array([[0.2, 6.0, 3.0], [0.0, 0.0, 0.0], [0.6, 7.0, 3.0], [0.4, 8.0, 3.0]])  # row 1: no history
+    out = scale.standardize(rows)
+    has = [0, 2, 3]
+    assert out.dtype == np.float32
+    assert np.allclose(out[has].mean(axis=0), 0, atol=1e-6)
+    assert np.allclose(out[has, :2].std(axis=0), 1)
+    assert np.allclose(out[has, 0], [-1.2247449, 1.2247449, 0])  # (0.2 - 0.4) / sqrt(0.08 / 3)
+    assert not out[1].any() and not out[:, 2].any()  # no history: zeros; a constant float: zeros
+    assert not scale.standardize(np.zeros((2, 2))).any()
+
+
+def test_stats_column_scale_view_and_config_change_only_the_column_and_the_dataset(tmp_path):
+    import numpy as np
+    import pandas as pd
+    import yaml
+
+    scale = _script("stats_column_scale")
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "train.parquet").write_bytes(b"x")
+    users = pd.DataFrame({"user_index": [0, 1, 2], "stats_ctrl": [[0.0, 0.0], [0.3, 6.0], [0.5, 7.0]],
+                          "hist_ctrl": [[0.0], [1.0], [1.0]]})
+    users.to_parquet(data / "user_info.parquet")
+    scale.make_view(data, tmp_path / "view")
+    assert (tmp_path / "view" / "train.parquet").resolve() == (data / "train.parquet").resolve()
+    view = pd.read_parquet(tmp_path / "view" / "user_info.parquet")
+    assert np.allclose(np.stack(view["stats_ctrl"].to_numpy()), [[0, 0], [-1, -1], [1, 1]])
+    assert view["hist_ctrl"].map(list).tolist() == users["hist_ctrl"].tolist()
+    with pytest.raises(SystemExit, match="no 'stats_ctrl' column"):
+        users.drop(columns="stats_ctrl").to_parquet(data / "user_info.parquet")
+        scale.make_view(data, tmp_path / "view2")
+    expid = scale.make_config("SDIM", tmp_path / "view", tmp_path / "config", tmp_path / "processed")
+    assert expid == "SDIM_STATS_standardized_synthetic"
+    model = yaml.safe_load((tmp_path / "config" / "model_config.yaml").read_text())
+    shipped = yaml.safe_load((REPO / "model_zoo/SDIM/config/model_config.yaml").read_text())["SDIM_STATS_synthetic"]
+    assert model[expid] == {**shipped, "dataset_id": "synthetic_stats_standardized"}
+    dataset = yaml.safe_load((tmp_path / "config" / "dataset_config.yaml").read_text())["synthetic_stats_standardized"]
+    assert dataset["user_info"] == str(tmp_path / "view" / "user_info.parquet")
+    assert [c["name"] for c in dataset["feature_cols"] if c.get("active") and "ctrl" in c["name"]] == ["stats_ctrl"]
+
+
+def test_stats_column_scale_table_pairs_with_the_raw_column_and_the_plain_model(tmp_path):
+    scale = _script("stats_column_scale")
+    row = {"expid": "SDIM_STATS_standardized_synthetic", "seed": 1, "test_AUC": 0.76}
+    _write_csv(tmp_path / "runs.csv", [row, {**row, "seed": 2, "test_AUC": 0.77}])
+    _write_csv(tmp_path / "stats.csv", [{**row, "expid": "SDIM_STATS_synthetic", "test_AUC": 0.75},
+                                        {**row, "expid": "SDIM_STATS_synthetic", "seed": 2, "test_AUC": 0.75}])
+    _write_csv(tmp_path / "plain.csv", [{**row, "expid": "SDIM_synthetic", "seed": 2, "test_AUC": 0.78}])
+    text = scale.table(tmp_path, tmp_path / "stats.csv", tmp_path / "plain.csv")
+    rows = [line for line in text.splitlines() if line.startswith("| SDIM")]
+    assert rows[0].startswith("| SDIM w/ STATS (standardized) vs SDIM w/ STATS (raw) | 1, 2 | 0.7650 | 0.7500 | "
+                              "+0.0150 (+0.0100, +0.0200) |")
+    assert rows[1] == "| SDIM w/ STATS (standardized) vs SDIM | 2 | 0.7700 | 0.7800 | -0.0100 (-0.0100) | - |"
+    assert (tmp_path / "stats_column_scale.md").read_text() == text
+
+
+def test_oracle_column_run_seeds_runs_only_the_seeds_without_a_row(tmp_path, monkeypatch):
+    oracle = _script("oracle_column")
+    _write_csv(tmp_path / "runs.csv", [{"expid": "X_synthetic", "seed": 1, "test_AUC": 0.7}])
+    calls = []
+    monkeypatch.setattr(oracle.subprocess, "check_call", lambda command, **kw: calls.append((command, kw)))
+    oracle.run_seeds(tmp_path, tmp_path / "config", "X_synthetic", [1, 2], threads=3)
+    assert len(calls) == 1  # seed 1 has its row
+    command, kw = calls[0]
+    assert command[command.index("--seed") + 1] == "2" and command[command.index("--expid") + 1] == "X_synthetic"
+    assert command[command.index("--model-root") + 1] == str(tmp_path / "runs" / "checkpoints" / "seed_2")
+    assert command[command.index("--results") + 1] == str(tmp_path / "runs.csv")
+    assert kw["env"]["OMP_NUM_THREADS"] == "3" and (tmp_path / "logs" / "X_synthetic_2.log").exists()
+
+
 def test_din_attention_bench_times_three_paths_that_agree(tmp_path, capsys):
     """bench_din_attention: one CSV row per length with the packed path beside stock and fused,
     the measured valid share near the requested one, and outputs equal to float32 rounding."""

@@ -1,0 +1,142 @@
+"""Is it the scale of ``stats_ctrl`` that costs SDIM and MIRRN AUC w/ STATS? The column standardized.
+
+On the planted log, "X w/ STATS" (the 2-float control ``[positive rate, log(1 + history length)]`` of
+``fuxictr-chime compress controls``) falls below the plain model for SDIM and MIRRN on every seed,
+while it changes little for ETA, TWIN and SimSoft. Over the 1000 users of the default log the
+column's second float is 6.52 ± 0.37, its first 0.43 ± 0.08: the two differ in scale by 15x and
+neither is centred, unlike ``hist_ctrl`` and ``chime_hist`` (histograms that sum to 1). This
+script trains the same ``<Model>_STATS_synthetic`` experiment on a view of the data in which each
+float of ``stats_ctrl`` is standardized over the users with history (zero mean, unit variance; users
+without history keep zeros, i.e. the mean). If the standardized column no longer hurts, the loss is
+the column's scale, not what it says about the user.
+
+1. ``<out>/runs/data``: links to every file of ``--data`` but ``user_info.parquet``, whose
+   ``stats_ctrl`` is standardized;
+2. ``<out>/runs/config/<Model>``: the shipped ``<Model>_STATS_synthetic`` experiment as
+   ``<Model>_STATS_standardized_synthetic`` with dataset id ``synthetic_stats_standardized``;
+3. ``fuxictr-chime run`` per seed; rows to ``<out>/runs.csv`` (each with its command), the table
+   (each model paired by seed with the raw column's rows of ``--stats-runs`` and the plain model's
+   rows of ``--baseline``) to ``<out>/stats_column_scale.md``.
+
+    .venv/bin/python benchmarks/stats_column_scale.py --model SDIM --seeds 2024 2025
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from benchmarks._known_answer import KnobsError, check_knobs  # noqa: E402
+from benchmarks.oracle_column import paired_cells, read_auc, read_rows, run_seeds, zoo_with  # noqa: E402
+from fuxictr_chime.io import write_parquet_atomic, write_text_atomic, write_yaml_atomic  # noqa: E402
+
+COLUMN = "stats_ctrl"
+TAG = "_STATS_standardized_synthetic"
+
+
+def standardize(rows: np.ndarray) -> np.ndarray:
+    """Each column of ``rows`` (users x floats) standardized over the rows that are not all zero
+    (users with history); all-zero rows stay zero. A constant column becomes zeros."""
+    rows = np.asarray(rows, dtype=np.float64)
+    has = np.any(rows != 0, axis=1)
+    out = np.zeros_like(rows)
+    if has.any():
+        mean, std = rows[has].mean(axis=0), rows[has].std(axis=0)
+        out[has] = (rows[has] - mean) / np.where(std > 0, std, 1.0)
+    return out.astype(np.float32)
+
+
+def make_view(data: Path, view: Path) -> None:
+    """``view``: links to every file of ``data`` but user_info.parquet, whose stats_ctrl is standardized."""
+    import pandas as pd
+
+    users = pd.read_parquet(data / "user_info.parquet")
+    if COLUMN not in users.columns:
+        raise SystemExit(f"{data}/user_info.parquet: no '{COLUMN}' column "
+                         f"(run `fuxictr-chime compress controls --data {data}`)")
+    view.mkdir(parents=True, exist_ok=True)
+    for item in data.iterdir():
+        link = view / item.name
+        if item.name != "user_info.parquet" and not link.exists():
+            link.symlink_to(item.resolve())
+    users[COLUMN] = list(standardize(np.stack(users[COLUMN].to_numpy())))
+    write_parquet_atomic(users, view / "user_info.parquet")  # a unique temporary name: instances may run at once
+
+
+def make_config(model: str, view: Path, folder: Path, data_root: Path) -> str:
+    """A config folder with ``<model>_STATS_standardized_synthetic``; returns its id."""
+    import yaml
+
+    zoo = zoo_with(f"{model}_STATS_synthetic")
+    datasets = yaml.safe_load((ROOT / "dataset_configs" / "synthetic.yaml").read_text())
+    expid, dataset_id = f"{model}{TAG}", "synthetic_stats_standardized"
+    dataset = dict(datasets["synthetic_stats"], data_root=str(data_root) + "/")
+    for key in ("train_data", "valid_data", "test_data", "user_info", "item_info"):
+        dataset[key] = str(view / Path(dataset[key]).name)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_yaml_atomic(folder / "model_config.yaml",
+                      {"Base": zoo["Base"], expid: dict(zoo[f"{model}_STATS_synthetic"], dataset_id=dataset_id)})
+    write_yaml_atomic(folder / "dataset_config.yaml", {dataset_id: dataset})
+    return expid
+
+
+def table(out: Path, stats_runs: Path, baseline: Path) -> str:
+    """Every model with rows in ``<out>/runs.csv``: standardized against the raw column and the plain
+    model, paired by seed (one-sided paired t-test, higher is better)."""
+    models = list(dict.fromkeys(r["expid"][: -len(TAG)] for r in read_rows(out / "runs.csv")
+                                if r["expid"].endswith(TAG)))
+    lines = ["Each model w/ STATS with `stats_ctrl` standardized (each float to zero mean and unit variance over "
+             "the users with history) against the same model w/ the raw column and plain, same seeds (test AUC; "
+             "one-sided paired t-test that the standardized column is higher).", "",
+             "| comparison | seeds | standardized AUC | other AUC | difference (per seed) | p |", "|---|---|---|---|---|---|"]
+    for model in models:
+        mine = read_auc(out / "runs.csv", f"{model}{TAG}")
+        for label, other in ((f"{model} w/ STATS (raw)", read_auc(stats_runs, f"{model}_STATS_synthetic")),
+                             (model, read_auc(baseline, f"{model}_synthetic"))):
+            paired = paired_cells(mine, other)
+            if paired is not None:
+                lines.append(f"| {model} w/ STATS (standardized) vs {label} | {' | '.join(paired[0])} |")
+    text = "\n".join([*lines, "", "Written by `python benchmarks/stats_column_scale.py --model MODEL --seeds ...`; "
+                                  "each run's command is in runs.csv."]) + "\n"
+    write_text_atomic(out / "stats_column_scale.md", text)
+    return text
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=ROOT / "data/synthetic",
+                        help="a prepared planted log with the control columns (`compress controls`)")
+    parser.add_argument("--model", default="SDIM", help="zoo model with a <MODEL>_STATS_synthetic experiment")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[2024, 2025, 2026])
+    parser.add_argument("--stats-runs", type=Path,
+                        default=ROOT / "benchmarks/results/synthetic_long_term_chime/runs.csv",
+                        help="runs.csv with the raw column's <MODEL>_STATS_synthetic rows")
+    parser.add_argument("--baseline", type=Path, default=ROOT / "benchmarks/results/synthetic_long_term/runs.csv",
+                        help="runs.csv with the plain <MODEL>_synthetic rows")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/stats_column_scale")
+    parser.add_argument("--table-only", action="store_true")
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    try:  # one planted log per results folder, and the compared runs on the same log
+        check_knobs(args.out, args.data)
+        for other in (args.stats_runs, args.baseline):
+            if other.exists():
+                check_knobs(other.parent, args.data, write=False)
+    except KnobsError as error:
+        parser.error(str(error))
+    if not args.table_only:
+        view, config = args.out / "runs" / "data", args.out / "runs" / "config" / args.model
+        expid = make_config(args.model, view, config, args.out / "runs" / "processed")  # an unknown --model
+        make_view(args.data, view)  # stops before the view
+        run_seeds(args.out, config, expid, args.seeds, args.threads)
+    print(table(args.out, args.stats_runs, args.baseline))
+
+
+if __name__ == "__main__":
+    main()
