@@ -8,17 +8,22 @@ neither is centred, unlike ``hist_ctrl`` and ``chime_hist`` (histograms that sum
 script trains the same ``<Model>_STATS_synthetic`` experiment on a view of the data in which each
 float of ``stats_ctrl`` is standardized over the users with history (zero mean, unit variance; users
 without history keep zeros, i.e. the mean). If the standardized column no longer hurts, the loss is
-the column's scale, not what it says about the user.
+the column's scale, not what it says about the user. With ``--zero`` the column is zero for every
+user instead (``<Model>_STATS_zero_synthetic``): the same input width carrying nothing, the
+control for what merely adding the input does.
 
 1. ``<out>/runs/data``: links to every file of ``--data`` but ``user_info.parquet``, whose
-   ``stats_ctrl`` is standardized;
+   ``stats_ctrl`` is standardized (``--zero``: ``<out>/runs/data_zero``, the column zeroed);
 2. ``<out>/runs/config/<Model>``: the shipped ``<Model>_STATS_synthetic`` experiment as
-   ``<Model>_STATS_standardized_synthetic`` with dataset id ``synthetic_stats_standardized``;
+   ``<Model>_STATS_standardized_synthetic`` with dataset id ``synthetic_stats_standardized``
+   (``--zero``: ``<out>/runs/config/<Model>_zero``, ``<Model>_STATS_zero_synthetic``,
+   ``synthetic_stats_zero``);
 3. ``fuxictr-chime run`` per seed; rows to ``<out>/runs.csv`` (each with its command), the table
    (each model paired by seed with the raw column's rows of ``--stats-runs`` and the plain model's
    rows of ``--baseline``) to ``<out>/stats_column_scale.md``.
 
     .venv/bin/python benchmarks/stats_column_scale.py --model SDIM --seeds 2024 2025
+    .venv/bin/python benchmarks/stats_column_scale.py --model MIRRN --zero --seeds 2024 2025
 """
 from __future__ import annotations
 
@@ -35,7 +40,11 @@ from benchmarks.oracle_column import paired_cells, read_auc, read_rows, run_seed
 from fuxictr_chime.io import write_parquet_atomic, write_text_atomic, write_yaml_atomic  # noqa: E402
 
 COLUMN = "stats_ctrl"
-TAG = "_STATS_standardized_synthetic"
+MODES = ("standardized", "zero")  # how the column is rewritten; the experiment's tag
+
+
+def tag(mode: str) -> str:
+    return f"_STATS_{mode}_synthetic"
 
 
 def standardize(rows: np.ndarray) -> np.ndarray:
@@ -50,8 +59,14 @@ def standardize(rows: np.ndarray) -> np.ndarray:
     return out.astype(np.float32)
 
 
-def make_view(data: Path, view: Path) -> None:
-    """``view``: links to every file of ``data`` but user_info.parquet, whose stats_ctrl is standardized."""
+def rewrite(rows: np.ndarray, mode: str) -> np.ndarray:
+    """The column of ``mode``: ``standardized`` (:func:`standardize`) or ``zero`` (zeros, float32)."""
+    return standardize(rows) if mode == "standardized" else np.zeros(np.shape(rows), dtype=np.float32)
+
+
+def make_view(data: Path, view: Path, mode: str = "standardized") -> None:
+    """``view``: links to every file of ``data`` but user_info.parquet, whose stats_ctrl is
+    rewritten as ``mode`` says (:func:`rewrite`)."""
     import pandas as pd
 
     users = pd.read_parquet(data / "user_info.parquet")
@@ -63,17 +78,17 @@ def make_view(data: Path, view: Path) -> None:
         link = view / item.name
         if item.name != "user_info.parquet" and not link.exists():
             link.symlink_to(item.resolve())
-    users[COLUMN] = list(standardize(np.stack(users[COLUMN].to_numpy())))
+    users[COLUMN] = list(rewrite(np.stack(users[COLUMN].to_numpy()), mode))
     write_parquet_atomic(users, view / "user_info.parquet")  # a unique temporary name: instances may run at once
 
 
-def make_config(model: str, view: Path, folder: Path, data_root: Path) -> str:
-    """A config folder with ``<model>_STATS_standardized_synthetic``; returns its id."""
+def make_config(model: str, view: Path, folder: Path, data_root: Path, mode: str = "standardized") -> str:
+    """A config folder with ``<model>_STATS_<mode>_synthetic``; returns its id."""
     import yaml
 
     zoo = zoo_with(f"{model}_STATS_synthetic")
     datasets = yaml.safe_load((ROOT / "dataset_configs" / "synthetic.yaml").read_text())
-    expid, dataset_id = f"{model}{TAG}", "synthetic_stats_standardized"
+    expid, dataset_id = f"{model}{tag(mode)}", f"synthetic_stats_{mode}"
     dataset = dict(datasets["synthetic_stats"], data_root=str(data_root) + "/")
     for key in ("train_data", "valid_data", "test_data", "user_info", "item_info"):
         dataset[key] = str(view / Path(dataset[key]).name)
@@ -85,22 +100,24 @@ def make_config(model: str, view: Path, folder: Path, data_root: Path) -> str:
 
 
 def table(out: Path, stats_runs: Path, baseline: Path) -> str:
-    """Every model with rows in ``<out>/runs.csv``: standardized against the raw column and the plain
+    """Every model and mode with rows in ``<out>/runs.csv``: against the raw column and the plain
     model, paired by seed (one-sided paired t-test, higher is better)."""
-    models = list(dict.fromkeys(r["expid"][: -len(TAG)] for r in read_rows(out / "runs.csv")
-                                if r["expid"].endswith(TAG)))
-    lines = ["Each model w/ STATS with `stats_ctrl` standardized (each float to zero mean and unit variance over "
-             "the users with history) against the same model w/ the raw column and plain, same seeds (test AUC; "
-             "one-sided paired t-test that the standardized column is higher).", "",
-             "| comparison | seeds | standardized AUC | other AUC | difference (per seed) | p |", "|---|---|---|---|---|---|"]
-    for model in models:
-        mine = read_auc(out / "runs.csv", f"{model}{TAG}")
+    expids = [r["expid"] for r in read_rows(out / "runs.csv")]
+    pairs = list(dict.fromkeys((e[: -len(tag(m))], m) for e in expids for m in MODES if e.endswith(tag(m))))
+    lines = ["Each model w/ STATS with `stats_ctrl` rewritten against the same model w/ the raw column and plain, "
+             "same seeds (test AUC; one-sided paired t-test that the rewritten column is higher). `standardized`: "
+             "each float to zero mean and unit variance over the users with history; `zero`: zeros for every user "
+             "(the input without its information).", "",
+             "| comparison | seeds | rewritten AUC | other AUC | difference (per seed) | p |", "|---|---|---|---|---|---|"]
+    models = list(dict.fromkeys(model for model, _ in pairs))  # in order of their first row
+    for model, mode in ((m, mode) for m in models for mode in MODES if (m, mode) in pairs):
+        mine = read_auc(out / "runs.csv", f"{model}{tag(mode)}")
         for label, other in ((f"{model} w/ STATS (raw)", read_auc(stats_runs, f"{model}_STATS_synthetic")),
                              (model, read_auc(baseline, f"{model}_synthetic"))):
             paired = paired_cells(mine, other)
             if paired is not None:
-                lines.append(f"| {model} w/ STATS (standardized) vs {label} | {' | '.join(paired[0])} |")
-    text = "\n".join([*lines, "", "Written by `python benchmarks/stats_column_scale.py --model MODEL --seeds ...`; "
+                lines.append(f"| {model} w/ STATS ({mode}) vs {label} | {' | '.join(paired[0])} |")
+    text = "\n".join([*lines, "", "Written by `python benchmarks/stats_column_scale.py --model MODEL [--zero] --seeds ...`; "
                                   "each run's command is in runs.csv."]) + "\n"
     write_text_atomic(out / "stats_column_scale.md", text)
     return text
@@ -120,6 +137,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="runs.csv with the plain <MODEL>_synthetic rows")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/stats_column_scale")
+    parser.add_argument("--zero", action="store_true",
+                        help="zero the column for every user instead of standardizing it (the plumbing control)")
     parser.add_argument("--table-only", action="store_true")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -131,9 +150,10 @@ def main(argv: list[str] | None = None) -> None:
     except KnobsError as error:
         parser.error(str(error))
     if not args.table_only:
-        view, config = args.out / "runs" / "data", args.out / "runs" / "config" / args.model
-        expid = make_config(args.model, view, config, args.out / "runs" / "processed")  # an unknown --model
-        make_view(args.data, view)  # stops before the view
+        mode, suffix = ("zero", "_zero") if args.zero else ("standardized", "")
+        view, config = args.out / "runs" / f"data{suffix}", args.out / "runs" / "config" / f"{args.model}{suffix}"
+        expid = make_config(args.model, view, config, args.out / "runs" / "processed", mode)  # an unknown --model
+        make_view(args.data, view, mode)  # stops before the view
         run_seeds(args.out, config, expid, args.seeds, args.threads)
     print(table(args.out, args.stats_runs, args.baseline))
 

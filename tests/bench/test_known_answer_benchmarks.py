@@ -419,6 +419,9 @@ def test_stats_column_scale_standardizes_each_float_over_the_users_with_history(
     assert np.allclose(out[has, 0], [-1.2247449, 1.2247449, 0])  # (0.2 - 0.4) / sqrt(0.08 / 3)
     assert not out[1].any() and not out[:, 2].any()  # no history: zeros; a constant float: zeros
     assert not scale.standardize(np.zeros((2, 2))).any()
+    assert np.array_equal(scale.rewrite(rows, "standardized"), out)
+    zero = scale.rewrite(rows, "zero")
+    assert zero.shape == rows.shape and zero.dtype == np.float32 and not zero.any()
 
 
 def test_stats_column_scale_view_and_config_change_only_the_column_and_the_dataset(tmp_path):
@@ -449,12 +452,21 @@ def test_stats_column_scale_view_and_config_change_only_the_column_and_the_datas
     dataset = yaml.safe_load((tmp_path / "config" / "dataset_config.yaml").read_text())["synthetic_stats_standardized"]
     assert dataset["user_info"] == str(tmp_path / "view" / "user_info.parquet")
     assert [c["name"] for c in dataset["feature_cols"] if c.get("active") and "ctrl" in c["name"]] == ["stats_ctrl"]
+    # --zero: the same experiment on a view whose column is zero for every user
+    users.to_parquet(data / "user_info.parquet")
+    scale.make_view(data, tmp_path / "view_zero", "zero")
+    zero = pd.read_parquet(tmp_path / "view_zero" / "user_info.parquet")
+    assert not np.stack(zero["stats_ctrl"].to_numpy()).any() and zero["stats_ctrl"].map(len).tolist() == [2, 2, 2]
+    expid = scale.make_config("SDIM", tmp_path / "view_zero", tmp_path / "config_zero", tmp_path / "processed", "zero")
+    model = yaml.safe_load((tmp_path / "config_zero" / "model_config.yaml").read_text())
+    assert expid == "SDIM_STATS_zero_synthetic" and model[expid] == {**shipped, "dataset_id": "synthetic_stats_zero"}
 
 
 def test_stats_column_scale_table_pairs_with_the_raw_column_and_the_plain_model(tmp_path):
     scale = _script("stats_column_scale")
     row = {"expid": "SDIM_STATS_standardized_synthetic", "seed": 1, "test_AUC": 0.76}
-    _write_csv(tmp_path / "runs.csv", [row, {**row, "seed": 2, "test_AUC": 0.77}])
+    _write_csv(tmp_path / "runs.csv", [{**row, "expid": "SDIM_STATS_zero_synthetic", "test_AUC": 0.74}, row,
+                                       {**row, "seed": 2, "test_AUC": 0.77}])
     _write_csv(tmp_path / "stats.csv", [{**row, "expid": "SDIM_STATS_synthetic", "test_AUC": 0.75},
                                         {**row, "expid": "SDIM_STATS_synthetic", "seed": 2, "test_AUC": 0.75}])
     _write_csv(tmp_path / "plain.csv", [{**row, "expid": "SDIM_synthetic", "seed": 2, "test_AUC": 0.78}])
@@ -463,6 +475,8 @@ def test_stats_column_scale_table_pairs_with_the_raw_column_and_the_plain_model(
     assert rows[0].startswith("| SDIM w/ STATS (standardized) vs SDIM w/ STATS (raw) | 1, 2 | 0.7650 | 0.7500 | "
                               "+0.0150 (+0.0100, +0.0200) |")
     assert rows[1] == "| SDIM w/ STATS (standardized) vs SDIM | 2 | 0.7700 | 0.7800 | -0.0100 (-0.0100) | - |"
+    assert rows[2] == "| SDIM w/ STATS (zero) vs SDIM w/ STATS (raw) | 1 | 0.7400 | 0.7500 | -0.0100 (-0.0100) | - |"
+    assert len(rows) == 3  # the zero run's seed 1 has no plain row
     assert (tmp_path / "stats_column_scale.md").read_text() == text
 
 
