@@ -7,7 +7,7 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
-from typing import Callable, Hashable
+from typing import Callable, Hashable, Iterable
 
 from fuxictr_chime.data.planted import PRESETS, PlantedKnobs
 from fuxictr_chime.io import append_csv_rows, write_json_atomic, write_text_atomic
@@ -64,3 +64,12 @@ def check_knobs(out: Path, data: Path, *, write: bool = True) -> None:
                              f"prepare the data with the folder's knobs{hint}, or use another --out")
     elif write:
         write_json_atomic(path, knobs)
+
+
+def check_folders(out: Path, data: Path, compared: Iterable[Path | None] = ()) -> None:
+    """:func:`check_knobs` for a results folder (its knobs written on first use) and, read only,
+    for the folder of every existing runs.csv in ``compared`` (the runs its table pairs with)."""
+    check_knobs(out, data)
+    for runs in compared:
+        if runs is not None and runs.exists():
+            check_knobs(runs.parent, data, write=False)

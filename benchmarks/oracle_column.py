@@ -45,7 +45,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from benchmarks._known_answer import KnobsError, check_knobs  # noqa: E402
+from benchmarks._known_answer import KnobsError, check_folders  # noqa: E402
 from fuxictr_chime.io import write_parquet_atomic, write_text_atomic, write_yaml_atomic  # noqa: E402
 
 WIDTH = 64
@@ -79,14 +79,29 @@ def make_view(data: Path, view: Path, normalize: bool = False) -> None:
     matrix = oracle_from_truth(data / "planted_truth.json")
     if matrix is None:
         raise SystemExit(f"{data}/planted_truth.json: not a planted log's truth (run `fuxictr-chime prepare synthetic`)")
+    users = pd.read_parquet(data / "user_info.parquet")
+    users[COLUMN] = oracle_rows(matrix, users["user_index"].to_numpy(), normalize=normalize)
+    write_view(data, view, users)
+
+
+def write_view(data: Path, view: Path, users) -> None:
+    """``view``: symbolic links to every file of ``data`` but ``user_info.parquet``, which is
+    ``users`` (a DataFrame), written atomically under a unique temporary name (instances may run at once)."""
     view.mkdir(parents=True, exist_ok=True)
     for item in data.iterdir():
         link = view / item.name
         if item.name != "user_info.parquet" and not link.exists():
             link.symlink_to(item.resolve())
-    users = pd.read_parquet(data / "user_info.parquet")
-    users[COLUMN] = oracle_rows(matrix, users["user_index"].to_numpy(), normalize=normalize)
-    write_parquet_atomic(users, view / "user_info.parquet")  # a unique temporary name: instances may run at once
+    write_parquet_atomic(users, view / "user_info.parquet")
+
+
+def dataset_on_view(dataset: dict, view: Path, data_root: Path) -> dict:
+    """A copy of the dataset config ``dataset`` whose data files are those of ``view`` and whose
+    processed data goes under ``data_root``."""
+    dataset = dict(dataset, data_root=str(data_root) + "/")
+    for key in ("train_data", "valid_data", "test_data", "user_info", "item_info"):
+        dataset[key] = str(view / Path(dataset[key]).name)
+    return dataset
 
 
 def zoo_with(expid: str) -> dict:
@@ -117,9 +132,7 @@ def make_config(model: str, view: Path, folder: Path, data_root: Path, normalize
     expid, interaction = f"{model}_ORACLE{tag}_synthetic", f"{model}_ORACLE{tag}_interaction_synthetic"
     dataset_id = f"synthetic_oracle{tag}"
     experiment = dict(zoo[f"{model}_HIST_synthetic"], dataset_id=dataset_id)
-    dataset = dict(datasets["synthetic_hist"], data_root=str(data_root) + "/")
-    for key in ("train_data", "valid_data", "test_data", "user_info", "item_info"):
-        dataset[key] = str(view / Path(dataset[key]).name)
+    dataset = dataset_on_view(datasets["synthetic_hist"], view, data_root)
     folder.mkdir(parents=True, exist_ok=True)
     write_yaml_atomic(folder / "model_config.yaml",
                       {"Base": zoo["Base"], expid: experiment, interaction: {**experiment, "column_interaction": True}})
@@ -222,9 +235,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     try:  # one planted log per results folder, and the baseline's runs on the same log
-        check_knobs(args.out, args.data)
-        if args.baseline.exists():
-            check_knobs(args.baseline.parent, args.data, write=False)
+        check_folders(args.out, args.data, [args.baseline])
     except KnobsError as error:
         parser.error(str(error))
     if not args.table_only:

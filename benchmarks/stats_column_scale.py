@@ -35,9 +35,10 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from benchmarks._known_answer import KnobsError, check_knobs  # noqa: E402
-from benchmarks.oracle_column import paired_cells, read_auc, read_rows, run_seeds, zoo_with  # noqa: E402
-from fuxictr_chime.io import write_parquet_atomic, write_text_atomic, write_yaml_atomic  # noqa: E402
+from benchmarks._known_answer import KnobsError, check_folders  # noqa: E402
+from benchmarks.oracle_column import (dataset_on_view, paired_cells, read_auc, read_rows, run_seeds,  # noqa: E402
+                                      write_view, zoo_with)
+from fuxictr_chime.io import write_text_atomic, write_yaml_atomic  # noqa: E402
 
 COLUMN = "stats_ctrl"
 MODES = ("standardized", "zero")  # how the column is rewritten; the experiment's tag
@@ -73,13 +74,8 @@ def make_view(data: Path, view: Path, mode: str = "standardized") -> None:
     if COLUMN not in users.columns:
         raise SystemExit(f"{data}/user_info.parquet: no '{COLUMN}' column "
                          f"(run `fuxictr-chime compress controls --data {data}`)")
-    view.mkdir(parents=True, exist_ok=True)
-    for item in data.iterdir():
-        link = view / item.name
-        if item.name != "user_info.parquet" and not link.exists():
-            link.symlink_to(item.resolve())
     users[COLUMN] = list(rewrite(np.stack(users[COLUMN].to_numpy()), mode))
-    write_parquet_atomic(users, view / "user_info.parquet")  # a unique temporary name: instances may run at once
+    write_view(data, view, users)
 
 
 def make_config(model: str, view: Path, folder: Path, data_root: Path, mode: str = "standardized") -> str:
@@ -89,9 +85,7 @@ def make_config(model: str, view: Path, folder: Path, data_root: Path, mode: str
     zoo = zoo_with(f"{model}_STATS_synthetic")
     datasets = yaml.safe_load((ROOT / "dataset_configs" / "synthetic.yaml").read_text())
     expid, dataset_id = f"{model}{tag(mode)}", f"synthetic_stats_{mode}"
-    dataset = dict(datasets["synthetic_stats"], data_root=str(data_root) + "/")
-    for key in ("train_data", "valid_data", "test_data", "user_info", "item_info"):
-        dataset[key] = str(view / Path(dataset[key]).name)
+    dataset = dataset_on_view(datasets["synthetic_stats"], view, data_root)
     folder.mkdir(parents=True, exist_ok=True)
     write_yaml_atomic(folder / "model_config.yaml",
                       {"Base": zoo["Base"], expid: dict(zoo[f"{model}_STATS_synthetic"], dataset_id=dataset_id)})
@@ -117,6 +111,12 @@ def table(out: Path, stats_runs: Path, baseline: Path) -> str:
             paired = paired_cells(mine, other)
             if paired is not None:
                 lines.append(f"| {model} w/ STATS ({mode}) vs {label} | {' | '.join(paired[0])} |")
+    rows = [r for r in read_rows(out / "runs.csv") if any(r["expid"].endswith(tag(m)) for m in MODES)]
+    if rows:
+        stopped = sum(r["stopped_early"] == "True" for r in rows)
+        below = sum(float(r["test_logloss"]) < float(r["base_rate_logloss"]) for r in rows)
+        lines += ["", f"Of the {len(rows)} runs above, {stopped} stopped early (before their epoch cap) and {below} "
+                      "have a test logloss below the base rate's entropy."]
     text = "\n".join([*lines, "", "Written by `python benchmarks/stats_column_scale.py --model MODEL [--zero] --seeds ...`; "
                                   "each run's command is in runs.csv."]) + "\n"
     write_text_atomic(out / "stats_column_scale.md", text)
@@ -143,10 +143,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     try:  # one planted log per results folder, and the compared runs on the same log
-        check_knobs(args.out, args.data)
-        for other in (args.stats_runs, args.baseline):
-            if other.exists():
-                check_knobs(other.parent, args.data, write=False)
+        check_folders(args.out, args.data, [args.stats_runs, args.baseline])
     except KnobsError as error:
         parser.error(str(error))
     if not args.table_only:

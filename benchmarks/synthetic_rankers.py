@@ -57,7 +57,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from benchmarks._known_answer import KnobsError, check_knobs  # noqa: E402
+from benchmarks._known_answer import KnobsError, check_folders  # noqa: E402
 from fuxictr_chime.io import write_text_atomic  # noqa: E402
 
 DEFAULT_EXPERIMENTS = ("SimSoft", "ETA", "SDIM", "TWIN", "DIN", "DIN_full")
@@ -274,9 +274,7 @@ def main(argv: list[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "logs").mkdir(exist_ok=True)
     try:
-        check_knobs(args.out, args.data)
-        if args.baseline is not None and args.baseline.exists():
-            check_knobs(args.baseline.parent, args.data, write=False)
+        check_folders(args.out, args.data, [args.baseline])
     except KnobsError as error:
         parser.error(str(error))
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))  # unwinds like Ctrl-C

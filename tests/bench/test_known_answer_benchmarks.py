@@ -252,12 +252,30 @@ def test_synthetic_rankers_names_the_preset_of_a_folders_log(tmp_path):
     (out / "planted_knobs.json").write_text(json.dumps(PlantedKnobs.from_options(preset="sessions").as_dict()))
     (data / "summary.json").write_text(json.dumps({"planted": PlantedKnobs().as_dict()}))
     with pytest.raises(rankers.KnobsError, match="n_topics: 50 in planted_knobs.json, 30 in the data") as error:
-        rankers.check_knobs(out, data)
+        rankers.check_folders(out, data)
     assert f"--out {data} --option preset=sessions" in str(error.value)
     (out / "planted_knobs.json").write_text(json.dumps({**PlantedKnobs().as_dict(), "n_topics": 40}))
     with pytest.raises(rankers.KnobsError) as error:
-        rankers.check_knobs(out, data)
+        rankers.check_folders(out, data)
     assert "preset=" not in str(error.value)  # knobs of no preset: no prepare command to offer
+
+
+def test_check_folders_writes_the_out_folders_knobs_and_only_reads_the_compared_ones(tmp_path):
+    from benchmarks._known_answer import KnobsError, check_folders
+    from fuxictr_chime.data.planted import PlantedKnobs
+
+    data, out, fresh, other = tmp_path / "data", tmp_path / "out", tmp_path / "fresh", tmp_path / "other"
+    for folder in (data, out, fresh, other):
+        folder.mkdir()
+    (data / "summary.json").write_text(json.dumps({"planted": PlantedKnobs().as_dict()}))
+    (fresh / "runs.csv").write_text("expid\n")
+    check_folders(out, data, [None, tmp_path / "missing" / "runs.csv", fresh / "runs.csv"])
+    assert (out / "planted_knobs.json").exists()  # written for the results folder
+    assert not (fresh / "planted_knobs.json").exists()  # a compared folder is never written
+    (other / "runs.csv").write_text("expid\n")
+    (other / "planted_knobs.json").write_text(json.dumps({**PlantedKnobs().as_dict(), "n_topics": 40}))
+    with pytest.raises(KnobsError, match="n_topics: 40 in planted_knobs.json, 30 in the data"):
+        check_folders(out, data, [other / "runs.csv"])
 
 
 def test_synthetic_rankers_interrupted_run_releases_its_claim(tmp_path, monkeypatch):
@@ -464,9 +482,11 @@ def test_stats_column_scale_view_and_config_change_only_the_column_and_the_datas
 
 def test_stats_column_scale_table_pairs_with_the_raw_column_and_the_plain_model(tmp_path):
     scale = _script("stats_column_scale")
-    row = {"expid": "SDIM_STATS_standardized_synthetic", "seed": 1, "test_AUC": 0.76}
+    row = {"expid": "SDIM_STATS_standardized_synthetic", "seed": 1, "test_AUC": 0.76, "stopped_early": "True",
+           "test_logloss": 0.56, "base_rate_logloss": 0.68}
     _write_csv(tmp_path / "runs.csv", [{**row, "expid": "SDIM_STATS_zero_synthetic", "test_AUC": 0.74}, row,
-                                       {**row, "seed": 2, "test_AUC": 0.77}])
+                                       {**row, "seed": 2, "test_AUC": 0.77, "stopped_early": "False",
+                                        "test_logloss": 0.70}])
     _write_csv(tmp_path / "stats.csv", [{**row, "expid": "SDIM_STATS_synthetic", "test_AUC": 0.75},
                                         {**row, "expid": "SDIM_STATS_synthetic", "seed": 2, "test_AUC": 0.75}])
     _write_csv(tmp_path / "plain.csv", [{**row, "expid": "SDIM_synthetic", "seed": 2, "test_AUC": 0.78}])
@@ -477,6 +497,8 @@ def test_stats_column_scale_table_pairs_with_the_raw_column_and_the_plain_model(
     assert rows[1] == "| SDIM w/ STATS (standardized) vs SDIM | 2 | 0.7700 | 0.7800 | -0.0100 (-0.0100) | - |"
     assert rows[2] == "| SDIM w/ STATS (zero) vs SDIM w/ STATS (raw) | 1 | 0.7400 | 0.7500 | -0.0100 (-0.0100) | - |"
     assert len(rows) == 3  # the zero run's seed 1 has no plain row
+    assert ("Of the 3 runs above, 2 stopped early (before their epoch cap) and 2 have a test logloss below the "
+            "base rate's entropy.") in text
     assert (tmp_path / "stats_column_scale.md").read_text() == text
 
 
