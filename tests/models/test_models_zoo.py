@@ -286,6 +286,66 @@ def test_variant_uses_its_column_and_plain_model_ignores_it(name, suffix, make_f
     assert variant.state_dict()[weight].shape == (4, WIDTH[column])  # FuxiCTR's Linear(pretrain_dim, 4)
 
 
+@pytest.mark.parametrize("name", ["DIN", "SimSoft", "ETA", "SDIM", "TWIN", "MIRRN"])
+def test_zero_column_is_the_plain_model_from_the_same_shared_weights(name, make_feature_map,
+                                                                   make_batch, model_kwargs):
+    """A column that is zero for every user (stats_column_scale.py --zero) embeds to zero
+    (Linear without bias), so the variant computes the plain model's predictions, loss and
+    gradients from the plain model's weights, and one training step keeps them equal; the
+    column's projection and the MLP columns that read it get zero gradient. What a zero column
+    changes in a run is the random draws and the Xavier fan-in of the layers that read it."""
+    variant, fmap = build(name + "_STATS", make_feature_map, model_kwargs)
+    plain = randomize(get_model(name)(fmap, **model_kwargs))
+    encoders = variant.embedding_layer.embedding_layer.feature_encoders
+    widths = [encoders[f].out_features if f in encoders else 4 for f in variant.context_features]
+    at = variant.context_features.index("stats_ctrl")
+    offset, width = sum(widths[:at]), widths[at]  # the column's block within the context
+
+    def column(weight):  # its input columns in a layer whose input ends with the context
+        start = weight.shape[1] - sum(widths) + offset
+        return torch.arange(start, start + width)
+
+    def shared(weight):  # the layer's other input columns
+        keep = torch.ones(weight.shape[1], dtype=torch.bool)
+        keep[column(weight)] = False
+        return weight[:, keep]
+
+    encoder = "embedding_layer.embedding_layer.feature_encoders.stats_ctrl.weight"
+    state, wider = variant.state_dict(), []
+    assert set(state) - set(plain.state_dict()) == {encoder}
+    with torch.no_grad():
+        for key, value in plain.state_dict().items():
+            if state[key].shape != value.shape:  # the final MLP's (SimSoft: and aux head's) first layer
+                assert state[key].shape[1] == value.shape[1] + width, key
+                keep = torch.ones(state[key].shape[1], dtype=torch.bool)
+                keep[column(state[key])] = False
+                state[key][:, keep] = value
+                wider.append(key)
+            else:
+                state[key].copy_(value)
+    assert "dnn.mlp.0.weight" in wider
+    batch = make_batch(fmap, batch_size=8, length=12)
+    zero = {**batch, "stats_ctrl": torch.zeros_like(batch["stats_ctrl"])}
+    for model, inputs in ((plain, batch), (variant, zero)):
+        model.train()
+        model.optimizer.zero_grad()
+        torch.manual_seed(3)  # the same dropout masks (MIRRN's filters)
+        model.compute_loss(model(inputs), model.get_labels(inputs)).backward()
+    grads = {key: p.grad for key, p in variant.named_parameters()}
+    for key, param in plain.named_parameters():
+        grad = shared(grads[key]) if key in wider else grads[key]
+        assert torch.allclose(grad, param.grad, rtol=1e-4, atol=1e-6), key  # float summation order
+    assert torch.count_nonzero(grads[encoder]) == 0
+    assert all(torch.count_nonzero(grads[key][:, column(grads[key])]) == 0 for key in wider)
+    for model, inputs in ((plain, batch), (variant, zero)):
+        torch.manual_seed(3)
+        model.train_step(inputs)
+    plain.eval(), variant.eval()
+    with torch.no_grad():
+        assert torch.allclose(variant(zero)["y_pred"], plain(batch)["y_pred"], atol=1e-5)
+        assert not torch.allclose(variant(batch)["y_pred"], plain(batch)["y_pred"], atol=1e-5)
+
+
 @pytest.mark.parametrize("name", ["DIN_HIST", "TWIN_CHIME"])
 def test_column_interaction_feeds_the_mlp_the_column_times_the_projected_target(name, make_feature_map,
                                                                                  make_batch, model_kwargs):
