@@ -305,10 +305,10 @@ def test_zero_column_is_the_plain_model_from_the_same_shared_weights(name, make_
         start = weight.shape[1] - sum(widths) + offset
         return torch.arange(start, start + width)
 
-    def shared(weight):  # the layer's other input columns
+    def others(weight):  # mask of the layer's other input columns
         keep = torch.ones(weight.shape[1], dtype=torch.bool)
         keep[column(weight)] = False
-        return weight[:, keep]
+        return keep
 
     encoder = "embedding_layer.embedding_layer.feature_encoders.stats_ctrl.weight"
     state, wider = variant.state_dict(), []
@@ -317,9 +317,7 @@ def test_zero_column_is_the_plain_model_from_the_same_shared_weights(name, make_
         for key, value in plain.state_dict().items():
             if state[key].shape != value.shape:  # the final MLP's (SimSoft: and aux head's) first layer
                 assert state[key].shape[1] == value.shape[1] + width, key
-                keep = torch.ones(state[key].shape[1], dtype=torch.bool)
-                keep[column(state[key])] = False
-                state[key][:, keep] = value
+                state[key][:, others(state[key])] = value
                 wider.append(key)
             else:
                 state[key].copy_(value)
@@ -333,7 +331,7 @@ def test_zero_column_is_the_plain_model_from_the_same_shared_weights(name, make_
         model.compute_loss(model(inputs), model.get_labels(inputs)).backward()
     grads = {key: p.grad for key, p in variant.named_parameters()}
     for key, param in plain.named_parameters():
-        grad = shared(grads[key]) if key in wider else grads[key]
+        grad = grads[key][:, others(grads[key])] if key in wider else grads[key]
         assert torch.allclose(grad, param.grad, rtol=1e-4, atol=1e-6), key  # float summation order
     assert torch.count_nonzero(grads[encoder]) == 0
     assert all(torch.count_nonzero(grads[key][:, column(grads[key])]) == 0 for key in wider)
