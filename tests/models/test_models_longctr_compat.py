@@ -657,14 +657,16 @@ def test_twin_synced_every_batch_trains_as_the_public_twin(make_feature_map, tin
 
 @pytest.mark.skipif(not os.environ.get("LONGCTR_ZOO"),
                     reason="set LONGCTR_ZOO to the sdist's model_zoo/LongCTR folder")
-def test_sdim_equals_the_public_sdim_in_loss_and_gradients(make_feature_map, tiny_dataset,
+@pytest.mark.parametrize("l2_norm", [False, True])
+def test_sdim_equals_the_public_sdim_in_loss_and_gradients(l2_norm, make_feature_map, tiny_dataset,
                                                            longctr_data, kwargs):
-    """LongCTR's SDIM (``l2_norm`` False, its default; 3 signatures of 2 bits, so behaviours
-    collide with the target) and ours with its random rotations as our projection: the same
-    loss and gradients. Another projection gives another loss: the collisions matter."""
-    settings = {"attention_dim": 8, "num_hashes": 3, "hash_bits": 2}
-    ours = build("SDIM", make_feature_map, {**kwargs, **settings}, l2_norm=False)
-    other = build("SDIM", make_feature_map, {**kwargs, **settings}, l2_norm=False)
+    """LongCTR's SDIM (``l2_norm`` False, its default, and True, the bench's and our default; 3
+    signatures of 2 bits, so behaviours collide with the target) and ours with its random
+    rotations as our projection: the same loss and gradients. Another projection gives another
+    loss: the collisions matter."""
+    settings = {"attention_dim": 8, "num_hashes": 3, "hash_bits": 2, "l2_norm": l2_norm}
+    ours = build("SDIM", make_feature_map, {**kwargs, **settings})
+    other = build("SDIM", make_feature_map, {**kwargs, **settings})
     public = public_model("SDIM", ours.feature_map, kwargs, short_seq_len=5, **settings)
 
     def projection(public_state):  # (1, D, hashes, bits) -> (D, hashes * bits): signature-major
