@@ -27,8 +27,13 @@ without improvement (``--epochs`` is then a cap) and tests the best epoch's weig
 test split. ``--seeds`` repeats every model per seed (one row each, with ``seed``, the epochs run
 and the best epoch of both sides). ``DIN`` is LongCTR's DIN, i.e. ours over the whole sequence
 (``short_len = max_len``). Samples/s is always the first epoch after ``--warmup`` batches.
-Each epoch prints its valid AUC and logloss. ``--summary`` judges the goal on the mean over
-seeds and says so where a model has fewer than the goal's 3 seeds.
+Each epoch prints its valid AUC and logloss and appends a row to ``--curves`` as it ends (default
+``<results>_curves.csv``: model, seed, side, epoch, valid AUC and logloss, mean train loss,
+seconds, and ``run_utc``, the ``time_utc`` of the run's row in ``--results``), so a run stopped
+before its test pass (a public run takes hours here) still leaves its learning curve.
+``--summary`` judges the goal on the mean over seeds and says so where a model has fewer than
+the goal's 3 seeds; below it, the valid AUC per epoch of both sides, seed by seed, from
+``--curves`` (a side whose run has no row in ``--results`` is marked unfinished).
 
 ``--eta-tiebreak longctr`` builds our ETA with ``tiebreak="longctr"`` (LongCTR's top-k tie order,
 docs/ARCHITECTURE.md section 6; the row's ``ours_params`` says so). Our ETA draws its SimHash
@@ -143,6 +148,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "committed rows) or with the run's seed (the public ETA draws it from the seeded "
                         "global RNG)")
     p.add_argument("--results", default=str(RESULTS), help="CSV to append to")
+    p.add_argument("--curves", default=None,
+                   help="CSV of per-epoch rows of converged runs, appended as each epoch ends (default: "
+                        "--results with _curves before the suffix)")
     p.add_argument("--summary", action="store_true",
                    help="only write the converged-mode table of --data's rows in --results (mean over "
                         "seeds per model, the last row of each model and seed) to <results>_<data>.md; "
@@ -155,6 +163,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.data is not None and not args.summary and not (Path(args.data) / "dataset_config.yaml").exists():
         p.error(f"--data {args.data}: no dataset_config.yaml (run `fuxictr-chime prepare ... --out {args.data}`)")
     args.seeds = args.seeds or [args.seed]
+    if args.curves is None:
+        results = Path(args.results)
+        args.curves = str(results.with_name(f"{results.stem}_curves{results.suffix}"))
     return args
 
 
@@ -405,12 +416,14 @@ def init_fit_state(model) -> None:
 
 
 def train(model, make_loader, epochs: int, warmup: int, valid_loader=None,
-          patience: int = 0, max_batches: int | None = None) -> dict:
+          patience: int = 0, max_batches: int | None = None, on_epoch=None) -> dict:
     """Train up to ``epochs`` epochs. Returns the seconds and samples of epoch 1 after ``warmup``
     batches, the epochs run and the best epoch (1-based). With ``patience`` > 0 and a
     ``valid_loader``: valid AUC - logloss after every epoch, stop after ``patience`` epochs
-    without improvement, and leave the best epoch's weights in ``model``. ``max_batches``: an
-    epoch ends after that many batches (time-only mode)."""
+    without improvement, and leave the best epoch's weights in ``model``; ``on_epoch`` (if given)
+    is then called after each evaluation with ``epoch`` (1-based), ``valid_auc``,
+    ``valid_logloss``, ``train_loss`` (the epoch's mean batch loss) and ``epoch_seconds``.
+    ``max_batches``: an epoch ends after that many batches (time-only mode)."""
     import copy
 
     import torch
@@ -423,6 +436,7 @@ def train(model, make_loader, epochs: int, warmup: int, valid_loader=None,
         model._epoch_index = epoch
         loader = make_loader()
         start = epoch_start = time.perf_counter()
+        loss_sum, batches = 0.0, 0
         for i, batch in enumerate(loader):
             if max_batches is not None and i == max_batches:
                 break
@@ -430,7 +444,9 @@ def train(model, make_loader, epochs: int, warmup: int, valid_loader=None,
                 start, samples = time.perf_counter(), 0
             model._batch_index = i
             model._total_steps += 1
-            model.train_step(batch)
+            loss = model.train_step(batch)
+            if loss is not None:
+                loss_sum, batches = loss_sum + float(loss), batches + 1
             if epoch == 0:  # the timed epoch (before this fix every epoch's samples were counted)
                 samples += _batch_size(batch)
         if epoch == 0:
@@ -441,8 +457,13 @@ def train(model, make_loader, epochs: int, warmup: int, valid_loader=None,
                 metrics = model.evaluate(valid_loader, metrics=["AUC", "logloss"])
             auc, logloss = float(metrics["AUC"]), float(metrics["logloss"])
             score = auc - logloss
+            elapsed = time.perf_counter() - epoch_start
             print(f"  epoch {epoch + 1}: valid AUC {auc:.5f}, logloss {logloss:.5f} "
-                  f"({time.perf_counter() - epoch_start:.0f}s)", flush=True)  # a public epoch takes minutes
+                  f"({elapsed:.0f}s)", flush=True)  # a public epoch takes minutes
+            if on_epoch is not None:
+                on_epoch(epoch=epoch + 1, valid_auc=round(auc, 5), valid_logloss=round(logloss, 5),
+                         train_loss=round(loss_sum / batches, 5) if batches else None,
+                         epoch_seconds=round(elapsed, 1))
             if score > best:
                 best, best_epoch, best_state = score, epoch + 1, copy.deepcopy(model.state_dict())
             elif epoch + 1 - best_epoch >= patience:
@@ -459,7 +480,7 @@ def _batch_size(batch) -> int:
     return len(batch[2])  # public: (batch_dict, item_dict, mask)
 
 
-def run_one(model: str, impl: str, args, data: dict, tmp: Path, public) -> dict:
+def run_one(model: str, impl: str, args, data: dict, tmp: Path, public, on_epoch=None) -> dict:
     import torch
     from fuxictr.pytorch.torch_utils import seed_everything
 
@@ -497,7 +518,8 @@ def run_one(model: str, impl: str, args, data: dict, tmp: Path, public) -> dict:
     if args.time_only:
         fit = train(net, lambda: train_loader, 1, args.warmup, max_batches=args.warmup + args.train_batches)
         return {"samples_per_s": fit["timed_samples"] / fit["timed_seconds"], **fit}
-    fit = train(net, lambda: train_loader, args.epochs, args.warmup, valid_loader, args.patience)
+    fit = train(net, lambda: train_loader, args.epochs, args.warmup, valid_loader, args.patience,
+                on_epoch=on_epoch)
     with torch.no_grad():
         metrics = net.evaluate(make("test"), metrics=["AUC", "logloss"])
     return {"samples_per_s": fit["timed_samples"] / fit["timed_seconds"], "auc": float(metrics["AUC"]),
@@ -518,6 +540,8 @@ def main(argv=None) -> int:
         suffix = "_time_only" if args.time_only else ""
         target = results.with_name(f"{results.stem}_{Path(args.data).name}{suffix}.md")
         text = (time_only_table if args.time_only else summary_table)(results, args.data)
+        if not args.time_only and (curves := curves_table(results, Path(args.curves), args.data)):
+            text = f"{text}\n{curves}"
         write_text_atomic(target, f"Table written by `python benchmarks/bench_train_throughput.py --data "
                                   f"{args.data} --summary{' --time-only' if args.time_only else ''}`.\n\n{text}")
         print(text)
@@ -552,7 +576,13 @@ def main(argv=None) -> int:
                 for impl in ("ours", "public"):
                     if impl == "public" and public is None:
                         continue
-                    res = run_one(model, impl, args, data, tmp, public)
+                    def record(_row=row, _impl=impl, **curve):  # one curve row per epoch, as it ends
+                        append_csv_rows(args.curves, [{
+                            "time_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                            "command": command, "run_utc": _row["time_utc"], "data": args.data,
+                            "model": model, "ours_params": _row["ours_params"], "seed": seed, "impl": _impl,
+                            **curve}])
+                    res = run_one(model, impl, args, data, tmp, public, on_epoch=record)
                     row.update({f"{impl}_{k}": round(v, 5) if isinstance(v, float) else v
                                 for k, v in res.items()})
                     if args.time_only:
@@ -682,6 +712,47 @@ def summary_table(results: Path, data: str) -> str:
                      f"{r['public_auc'].mean():.4f}{' (' + public + ')' if public else ''} | "
                      f"{diff:+.4f} ({', '.join(f'{d:+.4f}' for d in r['auc_diff'])}) | {epochs} | {met} |")
     return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
+
+
+def curves_table(results: Path, curves: Path, data: str) -> str:
+    """Markdown: per model setting and seed, the valid AUC per epoch of each side in the latest run
+    of ``curves`` on ``data`` (its ``run_utc``), and their difference over the epochs both ran. A
+    side without a row of that run in ``results`` (stopped before its test pass) is marked
+    unfinished. Empty when ``curves`` holds no row of ``data``."""
+    import pandas as pd
+
+    if not curves.exists():
+        return ""
+    rows = pd.read_csv(curves)
+    rows = rows[rows["data"].astype(str) == str(data)].assign(ours_params=lambda r: r["ours_params"].fillna(""))
+    if rows.empty:
+        return ""
+    done = pd.read_csv(results) if results.exists() else pd.DataFrame(columns=["time_utc", "model", "seed"])
+    lines = ["Valid AUC per epoch of both sides (`--curves`, the latest run of each model and seed); the diff is "
+             "ours - public over the epochs both ran. A learning curve, not the goal: the goal is judged on test AUC "
+             "above.", "",
+             "| model | seed | run (UTC) | ours valid AUC per epoch | public valid AUC per epoch | diff per shared epoch |",
+             "|---|---|---|---|---|---|"]
+    for (model, params, seed), group in rows.groupby(["model", "ours_params", "seed"], sort=True):
+        run = group[group["run_utc"] == group["run_utc"].max()]
+        cells, by_impl = [], {}
+        for impl in ("ours", "public"):
+            side = run[run["impl"] == impl].sort_values("epoch").drop_duplicates("epoch", keep="last")
+            by_impl[impl] = side.set_index("epoch")["valid_auc"]
+            if side.empty:
+                cells.append("-")
+                continue
+            col = f"{impl}_auc"
+            finished = ((done["time_utc"].astype(str) == str(run["run_utc"].iloc[0]))
+                        & (done["model"] == model) & (done["seed"] == seed))
+            finished = bool(col in done and done.loc[finished, col].notna().any())
+            cells.append(", ".join(f"{a:.4f}" for a in side["valid_auc"])
+                         + ("" if finished else " (unfinished: no test AUC)"))
+        shared = by_impl["ours"].index.intersection(by_impl["public"].index)
+        diff = ", ".join(f"{by_impl['ours'][e] - by_impl['public'][e]:+.4f}" for e in shared) or "-"
+        label = f"{model} ({params})" if params else model
+        lines.append(f"| {label} | {int(seed)} | {run['run_utc'].iloc[0]} | {cells[0]} | {cells[1]} | {diff} |")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

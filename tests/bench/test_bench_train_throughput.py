@@ -111,6 +111,55 @@ def test_early_stopping_keeps_the_best_epoch(monkeypatch):
     assert fit["timed_samples"] == 2
 
 
+def test_each_evaluated_epoch_reports_its_valid_metrics_and_mean_train_loss():
+    """Batch losses 1, 3 in epoch 1 and 5, 7 in epoch 2: the callback gets the epochs in order with
+    their valid AUC and logloss and mean train losses 2 and 6; no callback without validation."""
+    import torch
+
+    class Scripted(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(()))
+            self.losses = iter([1.0, 3.0, 5.0, 7.0])
+            self.scores = iter([(0.6, 0.5), (0.7, 0.4)])
+
+        def train_step(self, batch):
+            return torch.tensor(next(self.losses))
+
+        def evaluate(self, loader, metrics):
+            auc, logloss = next(self.scores)
+            return {"AUC": auc, "logloss": logloss}
+
+    seen = []
+    bench.train(Scripted(), lambda: [{"item_seq": [0]}] * 2, epochs=2, warmup=0, valid_loader=[1],
+                patience=5, on_epoch=lambda **row: seen.append(row))
+    assert [(r["epoch"], r["valid_auc"], r["valid_logloss"], r["train_loss"]) for r in seen] == \
+        [(1, 0.6, 0.5, 2.0), (2, 0.7, 0.4, 6.0)]
+    assert all(r["epoch_seconds"] >= 0 for r in seen)
+    seen.clear()
+    bench.train(Scripted(), lambda: [{"item_seq": [0]}] * 2, epochs=2, warmup=0, on_epoch=lambda **row: seen.append(row))
+    assert seen == []
+
+
+def test_curves_table_shows_both_sides_of_the_latest_run_and_marks_an_unfinished_side(tmp_path):
+    """SDIM seed 1 ran twice; the later run (run_utc "5") finished ours (a row in --results with
+    ours_auc) but not public (no row): its epochs 1-3 against public's 1-2, the diff over 1-2."""
+    curve = {"data": "data/x", "model": "SDIM", "ours_params": "", "seed": 1}
+    rows = [{**curve, "run_utc": "1", "impl": "ours", "epoch": 1, "valid_auc": 0.1}]  # an older run
+    rows += [{**curve, "run_utc": "5", "impl": "ours", "epoch": e, "valid_auc": a}
+             for e, a in [(1, 0.70), (2, 0.72), (3, 0.71)]]
+    rows += [{**curve, "run_utc": "5", "impl": "public", "epoch": e, "valid_auc": a} for e, a in [(1, 0.71), (2, 0.70)]]
+    rows += [{**curve, "data": "data/y", "run_utc": "9", "impl": "ours", "epoch": 1, "valid_auc": 0.5}]
+    results = _write_rows(tmp_path / "r.csv", [{"time_utc": "5", "data": "data/x", "model": "SDIM", "seed": 1,
+                                                "ours_auc": 0.7, "public_auc": None}])
+    text = bench.curves_table(results, _write_rows(tmp_path / "c.csv", rows), "data/x")
+    assert ("| SDIM | 1 | 5 | 0.7000, 0.7200, 0.7100 | 0.7100, 0.7000 (unfinished: no test AUC) | "
+            "-0.0100, +0.0200 |") in text
+    assert "0.1000" not in text and "0.5000" not in text
+    assert bench.curves_table(results, tmp_path / "none.csv", "data/x") == ""
+    assert bench.curves_table(results, tmp_path / "c.csv", "data/z") == ""
+
+
 def test_summary_averages_the_last_row_of_each_seed_and_judges_the_goal(tmp_path):
     import csv
 
@@ -248,3 +297,29 @@ def test_max_batches_ends_the_epoch_and_times_the_batches_after_warmup():
     model = Counting()
     fit = bench.train(model, lambda: [{"item_seq": [0, 0, 0]}] * 10, epochs=1, warmup=2, max_batches=5)
     assert model.steps == 5 and fit["timed_samples"] == 9  # batches 3..5, 3 samples each
+
+
+def test_a_converged_run_writes_a_curve_row_per_epoch_beside_its_result_row(tmp_path, capsys):
+    """``--data`` on a tiny planted log, ours only, 2 epochs: 2 curve rows (``run_utc`` = the result
+    row's ``time_utc``), and ``--summary`` prints ours' curve with no public side."""
+    import pandas as pd
+
+    from fuxictr_chime import cli
+
+    knobs = {"n_users": 12, "events_per_user": 150, "n_items": 120, "n_topics": 20, "n_favourites": 3,
+             "dense_dim": 4, "seed": 3}
+    data = tmp_path / "synthetic"
+    assert cli.main(["prepare", "synthetic", "--out", str(data),
+                     *[a for k, v in knobs.items() for a in ("--option", f"{k}={v}")]]) == 0
+    results = tmp_path / "bt.csv"
+    assert bench.main(["--data", str(data), "--models", "SDIM", "--skip-public", "--epochs", "2",
+                       "--patience", "5", "--batch-size", "64", "--warmup", "0", "--results", str(results)]) == 0
+    row = pd.read_csv(results).iloc[-1]
+    curves = pd.read_csv(tmp_path / "bt_curves.csv")
+    assert list(curves["epoch"]) == [1, 2] and set(curves["impl"]) == {"ours"}
+    assert set(curves["run_utc"]) == {row["time_utc"]} and set(curves["model"]) == {"SDIM"}
+    assert curves["valid_auc"].between(0, 1).all() and (curves["train_loss"] > 0).all()
+    capsys.readouterr()
+    assert bench.main(["--data", str(data), "--summary", "--results", str(results)]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("| SDIM | 2024 |"))
+    assert line.endswith("| - | - |") and "unfinished" not in line
