@@ -29,11 +29,12 @@ and the best epoch of both sides). ``DIN`` is LongCTR's DIN, i.e. ours over the 
 (``short_len = max_len``). Samples/s is always the first epoch after ``--warmup`` batches.
 Each epoch prints its valid AUC and logloss and appends a row to ``--curves`` as it ends (default
 ``<results>_curves.csv``: model, seed, side, epoch, valid AUC and logloss, mean train loss,
-seconds, and ``run_utc``, the ``time_utc`` of the run's row in ``--results``), so a run stopped
-before its test pass (a public run takes hours here) still leaves its learning curve.
+seconds, and ``run_utc``, the ``time_utc`` of the run's row in ``--results``), and each side's
+test pass one more row (no epoch; test AUC and logloss, best epoch, epochs run) as it ends, so a
+run stopped before the other side finished (a public run takes hours here) keeps what it measured.
 ``--summary`` judges the goal on the mean over seeds and says so where a model has fewer than
 the goal's 3 seeds; below it, the valid AUC per epoch of both sides, seed by seed, from
-``--curves`` (a side whose run has no row in ``--results`` is marked unfinished).
+``--curves`` with each side's test AUC where it was recorded.
 
 ``--eta-tiebreak longctr`` builds our ETA with ``tiebreak="longctr"`` (LongCTR's top-k tie order,
 docs/ARCHITECTURE.md section 6; the row's ``ours_params`` says so). Our ETA draws its SimHash
@@ -583,6 +584,9 @@ def main(argv=None) -> int:
                             "model": model, "ours_params": _row["ours_params"], "seed": seed, "impl": _impl,
                             **curve}])
                     res = run_one(model, impl, args, data, tmp, public, on_epoch=record)
+                    if args.patience > 0 and not args.time_only:  # the side's test pass, on its own row
+                        record(test_auc=round(res["auc"], 5), test_logloss=round(res["logloss"], 5),
+                               best_epoch=res["best_epoch"], epochs_run=res["epochs_run"])
                     row.update({f"{impl}_{k}": round(v, 5) if isinstance(v, float) else v
                                 for k, v in res.items()})
                     if args.time_only:
@@ -716,9 +720,9 @@ def summary_table(results: Path, data: str) -> str:
 
 def curves_table(results: Path, curves: Path, data: str) -> str:
     """Markdown: per model setting and seed, the valid AUC per epoch of each side in the latest run
-    of ``curves`` on ``data`` (its ``run_utc``), and their difference over the epochs both ran. A
-    side without a row of that run in ``results`` (stopped before its test pass) is marked
-    unfinished. Empty when ``curves`` holds no row of ``data``."""
+    of ``curves`` on ``data`` (its ``run_utc``), the side's test AUC (its test row in ``curves``,
+    else its column in the run's row of ``results``) or "no test AUC recorded", and the two
+    sides' difference over the epochs both ran. Empty when ``curves`` holds no row of ``data``."""
     import pandas as pd
 
     if not curves.exists():
@@ -727,31 +731,39 @@ def curves_table(results: Path, curves: Path, data: str) -> str:
     rows = rows[rows["data"].astype(str) == str(data)].assign(ours_params=lambda r: r["ours_params"].fillna(""))
     if rows.empty:
         return ""
+    for col in ("test_auc", "best_epoch"):
+        if col not in rows:  # curves written before the test rows
+            rows[col] = np.nan
     done = pd.read_csv(results) if results.exists() else pd.DataFrame(columns=["time_utc", "model", "seed"])
-    lines = ["Valid AUC per epoch of both sides (`--curves`, the latest run of each model and seed); the diff is "
-             "ours - public over the epochs both ran. A learning curve, not the goal: the goal is judged on test AUC "
-             "above.", "",
+    lines = ["Valid AUC per epoch of both sides (`--curves`, the latest run of each model and seed) and each side's test "
+             "AUC at its best epoch; the diff is ours - public valid AUC over the epochs both ran. A learning curve "
+             "beside the goal's test AUCs above, not a judgement of the goal.", "",
              "| model | seed | run (UTC) | ours valid AUC per epoch | public valid AUC per epoch | diff per shared epoch |",
              "|---|---|---|---|---|---|"]
     for (model, params, seed), group in rows.groupby(["model", "ours_params", "seed"], sort=True):
-        run = group[group["run_utc"] == group["run_utc"].max()]
+        run_utc = group["run_utc"].max()
+        run = group[group["run_utc"] == run_utc]
+        row = done[(done["time_utc"].astype(str) == str(run_utc)) & (done["model"] == model) & (done["seed"] == seed)]
         cells, by_impl = [], {}
         for impl in ("ours", "public"):
-            side = run[run["impl"] == impl].sort_values("epoch").drop_duplicates("epoch", keep="last")
-            by_impl[impl] = side.set_index("epoch")["valid_auc"]
+            side = run[run["impl"] == impl]
+            epochs = side[side["epoch"].notna()].sort_values("epoch").drop_duplicates("epoch", keep="last")
+            by_impl[impl] = epochs.set_index("epoch")["valid_auc"]
             if side.empty:
                 cells.append("-")
                 continue
-            col = f"{impl}_auc"
-            finished = ((done["time_utc"].astype(str) == str(run["run_utc"].iloc[0]))
-                        & (done["model"] == model) & (done["seed"] == seed))
-            finished = bool(col in done and done.loc[finished, col].notna().any())
-            cells.append(", ".join(f"{a:.4f}" for a in side["valid_auc"])
-                         + ("" if finished else " (unfinished: no test AUC)"))
+            tested = side[side["test_auc"].notna()]
+            if not tested.empty:
+                test = f"test AUC {tested['test_auc'].iloc[-1]:.4f} (best epoch {int(tested['best_epoch'].iloc[-1])})"
+            elif f"{impl}_auc" in row and row[f"{impl}_auc"].notna().any():
+                test = f"test AUC {row[f'{impl}_auc'].dropna().iloc[-1]:.4f}"
+            else:
+                test = "no test AUC recorded"
+            cells.append(", ".join(f"{a:.4f}" for a in epochs["valid_auc"]) + f"; {test}")
         shared = by_impl["ours"].index.intersection(by_impl["public"].index)
         diff = ", ".join(f"{by_impl['ours'][e] - by_impl['public'][e]:+.4f}" for e in shared) or "-"
         label = f"{model} ({params})" if params else model
-        lines.append(f"| {label} | {int(seed)} | {run['run_utc'].iloc[0]} | {cells[0]} | {cells[1]} | {diff} |")
+        lines.append(f"| {label} | {int(seed)} | {run_utc} | {cells[0]} | {cells[1]} | {diff} |")
     return "\n".join(lines) + "\n"
 
 

@@ -141,20 +141,27 @@ def test_each_evaluated_epoch_reports_its_valid_metrics_and_mean_train_loss():
     assert seen == []
 
 
-def test_curves_table_shows_both_sides_of_the_latest_run_and_marks_an_unfinished_side(tmp_path):
-    """SDIM seed 1 ran twice; the later run (run_utc "5") finished ours (a row in --results with
-    ours_auc) but not public (no row): its epochs 1-3 against public's 1-2, the diff over 1-2."""
+def test_curves_table_shows_both_sides_of_the_latest_run_with_their_test_auc(tmp_path):
+    """SDIM seed 1 ran twice; in the later run (run_utc "5") ours finished (its test row in the curves)
+    and public did not (no test row, no row in --results): epochs 1-3 against 1-2, the diff over 1-2.
+    Seed 2's run has no test row but its row in --results: the test AUCs come from there."""
+    from fuxictr_chime.io import append_csv_rows
+
     curve = {"data": "data/x", "model": "SDIM", "ours_params": "", "seed": 1}
     rows = [{**curve, "run_utc": "1", "impl": "ours", "epoch": 1, "valid_auc": 0.1}]  # an older run
     rows += [{**curve, "run_utc": "5", "impl": "ours", "epoch": e, "valid_auc": a}
              for e, a in [(1, 0.70), (2, 0.72), (3, 0.71)]]
+    rows += [{**curve, "run_utc": "5", "impl": "ours", "test_auc": 0.69, "best_epoch": 2}]
     rows += [{**curve, "run_utc": "5", "impl": "public", "epoch": e, "valid_auc": a} for e, a in [(1, 0.71), (2, 0.70)]]
+    rows += [{**curve, "seed": 2, "run_utc": "7", "impl": impl, "epoch": 1, "valid_auc": 0.6} for impl in ("ours", "public")]
     rows += [{**curve, "data": "data/y", "run_utc": "9", "impl": "ours", "epoch": 1, "valid_auc": 0.5}]
-    results = _write_rows(tmp_path / "r.csv", [{"time_utc": "5", "data": "data/x", "model": "SDIM", "seed": 1,
-                                                "ours_auc": 0.7, "public_auc": None}])
-    text = bench.curves_table(results, _write_rows(tmp_path / "c.csv", rows), "data/x")
-    assert ("| SDIM | 1 | 5 | 0.7000, 0.7200, 0.7100 | 0.7100, 0.7000 (unfinished: no test AUC) | "
-            "-0.0100, +0.0200 |") in text
+    results = _write_rows(tmp_path / "r.csv", [{"time_utc": "7", "data": "data/x", "model": "SDIM", "seed": 2,
+                                                "ours_auc": 0.61, "public_auc": 0.62}])
+    append_csv_rows(tmp_path / "c.csv", rows)  # the bench's own writer: columns the first row lacks
+    text = bench.curves_table(results, tmp_path / "c.csv", "data/x")
+    assert ("| SDIM | 1 | 5 | 0.7000, 0.7200, 0.7100; test AUC 0.6900 (best epoch 2) | 0.7100, 0.7000; no test AUC "
+            "recorded | -0.0100, +0.0200 |") in text
+    assert "| SDIM | 2 | 7 | 0.6000; test AUC 0.6100 | 0.6000; test AUC 0.6200 | +0.0000 |" in text
     assert "0.1000" not in text and "0.5000" not in text
     assert bench.curves_table(results, tmp_path / "none.csv", "data/x") == ""
     assert bench.curves_table(results, tmp_path / "c.csv", "data/z") == ""
@@ -300,8 +307,9 @@ def test_max_batches_ends_the_epoch_and_times_the_batches_after_warmup():
 
 
 def test_a_converged_run_writes_a_curve_row_per_epoch_beside_its_result_row(tmp_path, capsys):
-    """``--data`` on a tiny planted log, ours only, 2 epochs: 2 curve rows (``run_utc`` = the result
-    row's ``time_utc``), and ``--summary`` prints ours' curve with no public side."""
+    """``--data`` on a tiny planted log, ours only, 2 epochs: 2 curve rows and a test row (``run_utc`` =
+    the result row's ``time_utc``, the same test AUC), and ``--summary`` prints ours' curve with no
+    public side."""
     import pandas as pd
 
     from fuxictr_chime import cli
@@ -316,10 +324,12 @@ def test_a_converged_run_writes_a_curve_row_per_epoch_beside_its_result_row(tmp_
                        "--patience", "5", "--batch-size", "64", "--warmup", "0", "--results", str(results)]) == 0
     row = pd.read_csv(results).iloc[-1]
     curves = pd.read_csv(tmp_path / "bt_curves.csv")
-    assert list(curves["epoch"]) == [1, 2] and set(curves["impl"]) == {"ours"}
+    epochs, test = curves[curves["epoch"].notna()], curves[curves["epoch"].isna()]
+    assert list(epochs["epoch"]) == [1, 2] and set(curves["impl"]) == {"ours"}
     assert set(curves["run_utc"]) == {row["time_utc"]} and set(curves["model"]) == {"SDIM"}
-    assert curves["valid_auc"].between(0, 1).all() and (curves["train_loss"] > 0).all()
+    assert epochs["valid_auc"].between(0, 1).all() and (epochs["train_loss"] > 0).all()
+    assert list(test["test_auc"]) == [row["ours_auc"]] and list(test["best_epoch"]) == [row["ours_best_epoch"]]
     capsys.readouterr()
     assert bench.main(["--data", str(data), "--summary", "--results", str(results)]) == 0
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("| SDIM | 2024 |"))
-    assert line.endswith("| - | - |") and "unfinished" not in line
+    assert line.endswith("| - | - |") and f"test AUC {row['ours_auc']:.4f}" in line
