@@ -447,7 +447,7 @@ def train(model, make_loader, epochs: int, warmup: int, valid_loader=None,
             model._total_steps += 1
             loss = model.train_step(batch)
             if loss is not None:
-                loss_sum, batches = loss_sum + float(loss), batches + 1
+                loss_sum, batches = loss_sum + float(loss.detach()), batches + 1  # the public step returns a graph
             if epoch == 0:  # the timed epoch (before this fix every epoch's samples were counted)
                 samples += _batch_size(batch)
         if epoch == 0:
