@@ -727,8 +727,8 @@ def curves_table(results: Path, curves: Path, data: str) -> str:
 
     if not curves.exists():
         return ""
-    rows = pd.read_csv(curves)
-    rows = rows[rows["data"].astype(str) == str(data)].assign(ours_params=lambda r: r["ours_params"].fillna(""))
+    rows = pd.read_csv(curves, dtype={"data": str, "ours_params": str, "run_utc": str})
+    rows = rows[rows["data"] == str(data)].assign(ours_params=lambda r: r["ours_params"].fillna(""))
     if rows.empty:
         return ""
     for col in ("test_auc", "best_epoch"):
