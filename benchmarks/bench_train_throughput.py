@@ -150,8 +150,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "global RNG)")
     p.add_argument("--results", default=str(RESULTS), help="CSV to append to")
     p.add_argument("--curves", default=None,
-                   help="CSV of per-epoch rows of converged runs, appended as each epoch ends (default: "
-                        "--results with _curves before the suffix)")
+                   help="CSV of converged runs' rows per side: one per epoch as it ends, one for the test pass "
+                        "(default: --results with _curves before the suffix)")
     p.add_argument("--summary", action="store_true",
                    help="only write the converged-mode table of --data's rows in --results (mean over "
                         "seeds per model, the last row of each model and seed) to <results>_<data>.md; "
@@ -446,8 +446,8 @@ def train(model, make_loader, epochs: int, warmup: int, valid_loader=None,
             model._batch_index = i
             model._total_steps += 1
             loss = model.train_step(batch)
-            if loss is not None:
-                loss_sum, batches = loss_sum + float(loss.detach()), batches + 1  # the public step returns a graph
+            if loss is not None:  # summed as a tensor: no device sync per step in the timed epoch
+                loss_sum, batches = loss_sum + loss.detach(), batches + 1  # the public step returns a graph
             if epoch == 0:  # the timed epoch (before this fix every epoch's samples were counted)
                 samples += _batch_size(batch)
         if epoch == 0:
@@ -463,7 +463,7 @@ def train(model, make_loader, epochs: int, warmup: int, valid_loader=None,
                   f"({elapsed:.0f}s)", flush=True)  # a public epoch takes minutes
             if on_epoch is not None:
                 on_epoch(epoch=epoch + 1, valid_auc=round(auc, 5), valid_logloss=round(logloss, 5),
-                         train_loss=round(loss_sum / batches, 5) if batches else None,
+                         train_loss=round(float(loss_sum) / batches, 5) if batches else None,
                          epoch_seconds=round(elapsed, 1))
             if score > best:
                 best, best_epoch, best_state = score, epoch + 1, copy.deepcopy(model.state_dict())
