@@ -32,6 +32,13 @@ Each epoch prints its valid AUC and logloss and appends a row to ``--curves`` as
 seconds, and ``run_utc``, the ``time_utc`` of the run's row in ``--results``), and each side's
 test pass one more row (no epoch; test AUC and logloss, best epoch, epochs run) as it ends, so a
 run stopped before the other side finished (a public run takes hours here) keeps what it measured.
+``--state DIR`` makes such a run resumable: after every epoch each side's training state (weights,
+optimizer, gradients, step counters, the best epoch's weights, the loader's epoch and the torch /
+numpy / random generators) is saved to ``DIR/<model>_seed<seed>_<side>.pt``, and
+``DIR/<model>_seed<seed>.json`` keeps the settings, the ``run_utc`` and each finished side's result.
+The same command run again skips finished sides, continues an interrupted one after its last saved
+epoch and gives the numbers an uninterrupted run gives (tests/bench/test_bench_train_throughput.py);
+its row counts the ``resumes``. A folder started with other settings is refused.
 ``--summary`` judges the goal on the mean over seeds and says so where a model has fewer than
 the goal's 3 seeds; below it, the valid AUC per epoch of both sides, seed by seed, from
 ``--curves`` with each side's test AUC where it was recorded.
@@ -152,6 +159,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--curves", default=None,
                    help="CSV of converged runs' rows per side: one per epoch as it ends, one for the test pass "
                         "(default: --results with _curves before the suffix)")
+    p.add_argument("--state", default=None, metavar="DIR",
+                   help="converged mode: keep each side's training state in DIR after every epoch and "
+                        "a finished side's result, so that the same command run again resumes where "
+                        "a stopped run left off (same numbers as an uninterrupted run)")
     p.add_argument("--summary", action="store_true",
                    help="only write the converged-mode table of --data's rows in --results (mean over "
                         "seeds per model, the last row of each model and seed) to <results>_<data>.md; "
@@ -163,6 +174,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--time-only needs --data and no --patience (it stops after --train-batches batches)")
     if args.data is not None and not args.summary and not (Path(args.data) / "dataset_config.yaml").exists():
         p.error(f"--data {args.data}: no dataset_config.yaml (run `fuxictr-chime prepare ... --out {args.data}`)")
+    if args.state is not None and (args.time_only or args.patience == 0):
+        p.error("--state needs a converged run (--data and --patience > 0, no --time-only)")
     args.seeds = args.seeds or [args.seed]
     if args.curves is None:
         results = Path(args.results)
@@ -416,15 +429,69 @@ def init_fit_state(model) -> None:
     model._total_steps = model._batch_index = model._epoch_index = 0
 
 
+def _counters(model) -> dict:
+    """The plain-number attributes of every submodule (step counters such as ``_train_batches``,
+    which drives TWIN's GSU copies, and the fit attributes), by module name."""
+    return {name: {k: v for k, v in vars(m).items() if type(v) in (int, float, bool)}
+            for name, m in model.named_modules()}
+
+
+def save_state(path: Path, model, loader, **fit) -> None:
+    """A side's training state after an evaluated epoch (``fit``: the loop's own variables), written
+    atomically: weights, optimizer, gradients, counters, the loader's epoch (our loader's shuffle
+    order) and the torch / numpy / random generators (the public loader's order, dropout)."""
+    import random
+
+    import torch
+
+    from fuxictr_chime.io import atomic_path
+
+    state = {"model": model.state_dict(), "optimizer": model.optimizer.state_dict(),
+             "grads": {n: p.grad for n, p in model.named_parameters() if p.grad is not None},
+             "counters": _counters(model), "loader_epoch": getattr(loader, "epoch", None),
+             "torch_rng": torch.get_rng_state(), "numpy_rng": np.random.get_state(),
+             "random_rng": random.getstate(), **fit}
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_state(path: Path, model, loader) -> dict:
+    """Restore what ``save_state`` wrote into ``model``, ``loader`` and the generators; returns the
+    loop's variables."""
+    import random
+
+    import torch
+
+    state = torch.load(path, weights_only=False)
+    model.load_state_dict(state.pop("model"))
+    model.optimizer.load_state_dict(state.pop("optimizer"))
+    grads = state.pop("grads")
+    for name, param in model.named_parameters():
+        param.grad = grads.get(name)
+    modules = dict(model.named_modules())
+    for name, values in state.pop("counters").items():
+        for key, value in values.items():
+            setattr(modules[name], key, value)
+    if (loader_epoch := state.pop("loader_epoch")) is not None:
+        loader.epoch = loader_epoch
+    torch.set_rng_state(state.pop("torch_rng"))
+    np.random.set_state(state.pop("numpy_rng"))
+    random.setstate(state.pop("random_rng"))
+    return state
+
+
 def train(model, make_loader, epochs: int, warmup: int, valid_loader=None,
-          patience: int = 0, max_batches: int | None = None, on_epoch=None) -> dict:
+          patience: int = 0, max_batches: int | None = None, on_epoch=None,
+          state_path: Path | None = None) -> dict:
     """Train up to ``epochs`` epochs. Returns the seconds and samples of epoch 1 after ``warmup``
     batches, the epochs run and the best epoch (1-based). With ``patience`` > 0 and a
     ``valid_loader``: valid AUC - logloss after every epoch, stop after ``patience`` epochs
     without improvement, and leave the best epoch's weights in ``model``; ``on_epoch`` (if given)
     is then called after each evaluation with ``epoch`` (1-based), ``valid_auc``,
     ``valid_logloss``, ``train_loss`` (the epoch's mean batch loss) and ``epoch_seconds``.
-    ``max_batches``: an epoch ends after that many batches (time-only mode)."""
+    ``max_batches``: an epoch ends after that many batches (time-only mode). ``state_path``: the
+    training state is saved there after every evaluated epoch and, where the file exists, training
+    resumes from it (``save_state``)."""
     import copy
 
     import torch
@@ -432,7 +499,15 @@ def train(model, make_loader, epochs: int, warmup: int, valid_loader=None,
     init_fit_state(model)
     seconds, samples = 0.0, 0
     best, best_epoch, best_state, epochs_run = -np.inf, epochs, None, 0
-    for epoch in range(epochs):
+    stopped = False
+    if state_path is not None and state_path.exists():
+        fit = load_state(state_path, model, make_loader())
+        seconds, samples, best, best_epoch = fit["seconds"], fit["samples"], fit["best"], fit["best_epoch"]
+        best_state, epochs_run, stopped = fit["best_state"], fit["epochs_run"], fit["stopped"]
+        print(f"  resumed from {state_path} after epoch {epochs_run}", flush=True)
+    for epoch in range(epochs_run, epochs):
+        if stopped:
+            break
         model.train()
         model._epoch_index = epoch
         loader = make_loader()
@@ -468,7 +543,11 @@ def train(model, make_loader, epochs: int, warmup: int, valid_loader=None,
             if score > best:
                 best, best_epoch, best_state = score, epoch + 1, copy.deepcopy(model.state_dict())
             elif epoch + 1 - best_epoch >= patience:
-                break
+                stopped = True
+            if state_path is not None:
+                save_state(state_path, model, loader, seconds=seconds, samples=samples, best=best,
+                           best_epoch=best_epoch, best_state=best_state, epochs_run=epochs_run,
+                           stopped=stopped)
     if best_state is not None:
         model.load_state_dict(best_state)
     return {"timed_seconds": seconds, "timed_samples": samples, "epochs_run": epochs_run,
@@ -481,7 +560,8 @@ def _batch_size(batch) -> int:
     return len(batch[2])  # public: (batch_dict, item_dict, mask)
 
 
-def run_one(model: str, impl: str, args, data: dict, tmp: Path, public, on_epoch=None) -> dict:
+def run_one(model: str, impl: str, args, data: dict, tmp: Path, public, on_epoch=None,
+            state_path: Path | None = None) -> dict:
     import torch
     from fuxictr.pytorch.torch_utils import seed_everything
 
@@ -520,18 +600,47 @@ def run_one(model: str, impl: str, args, data: dict, tmp: Path, public, on_epoch
         fit = train(net, lambda: train_loader, 1, args.warmup, max_batches=args.warmup + args.train_batches)
         return {"samples_per_s": fit["timed_samples"] / fit["timed_seconds"], **fit}
     fit = train(net, lambda: train_loader, args.epochs, args.warmup, valid_loader, args.patience,
-                on_epoch=on_epoch)
+                on_epoch=on_epoch, state_path=state_path)
     with torch.no_grad():
         metrics = net.evaluate(make("test"), metrics=["AUC", "logloss"])
     return {"samples_per_s": fit["timed_samples"] / fit["timed_seconds"], "auc": float(metrics["AUC"]),
             "logloss": float(metrics["logloss"]), **fit}
 
 
+# ----------------------------------------------------------------------------- resumable runs
+STATE_FREE_ARGS = {"seed", "seeds", "models", "results", "curves", "state", "summary", "public_dir"}
+
+
+def run_state(args, model: str, seed: int) -> tuple[Path, dict]:
+    """The ``--state`` record of one model and seed (``<DIR>/<model>_seed<seed>.json``: the settings
+    it was started with, its ``run_utc``, the finished sides' results, the resumes) and its path; a
+    new record where none exists. A record started with other settings is refused, naming the file
+    and the settings that differ."""
+    import json
+
+    path = Path(args.state) / f"{model}_seed{seed}.json"
+    settings = json.loads(json.dumps({k: v for k, v in sorted(vars(args).items()) if k not in STATE_FREE_ARGS}))
+    if not path.exists():
+        return path, {"settings": settings, "run_utc": None, "sides": {}, "resumes": 0, "row_written": False}
+    try:
+        record = json.loads(path.read_text())
+        differ = sorted(k for k in {*settings, *record["settings"]}
+                        if settings.get(k) != record["settings"].get(k))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise SystemExit(f"--state: {path} is not a run record of this bench ({exc})") from exc
+    if differ:
+        raise SystemExit(f"--state: {path} was started with other settings ("
+                         + ", ".join(f"{k}: {record['settings'].get(k)!r} there, {settings.get(k)!r} now"
+                                     for k in differ) + "); use another --state folder")
+    record["resumes"] += 1
+    return path, record
+
+
 # ----------------------------------------------------------------------------- main
 def main(argv=None) -> int:
     import torch
 
-    from fuxictr_chime.io import append_csv_rows, write_text_atomic
+    from fuxictr_chime.io import append_csv_rows, write_json_atomic, write_text_atomic
 
     args = parse_args(argv)
     if args.summary:
@@ -562,6 +671,11 @@ def main(argv=None) -> int:
         for seed in args.seeds:
             args.seed = seed
             for model in args.models:
+                state_file, record = run_state(args, model, seed) if args.state else (None, None)
+                if record is not None and record["row_written"]:
+                    print(f"{model} seed {seed}: finished in {state_file} (row {record['run_utc']} "
+                          f"in its --results), not run again", flush=True)
+                    continue
                 row = {"time_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
                        "command": command, "cpu_count": os.cpu_count(),
                        "torch_version": torch.__version__, "torch_threads": torch.get_num_threads(),
@@ -574,19 +688,36 @@ def main(argv=None) -> int:
                        "test_samples": args.test_samples, "data": args.data or "generated",
                        "seed": seed, "patience": args.patience, "time_only": args.time_only,
                        "ours_params": our_params_label(model, args)}
+                if record is not None:
+                    record["run_utc"] = row["time_utc"] = record["run_utc"] or row["time_utc"]
+                    row["resumes"] = record["resumes"]
+                    write_json_atomic(state_file, record)
                 for impl in ("ours", "public"):
                     if impl == "public" and public is None:
                         continue
-                    def record(_row=row, _impl=impl, **curve):  # one curve row per epoch, as it ends
+                    if record is not None and impl in record["sides"]:
+                        res = record["sides"][impl]
+                        print(f"{model} seed {seed} {impl}: finished before (--state), test AUC "
+                              f"{res['auc']:.4f}", flush=True)
+                        row.update({f"{impl}_{k}": round(v, 5) if isinstance(v, float) else v
+                                    for k, v in res.items()})
+                        continue
+                    def curve_row(_row=row, _impl=impl, **curve):  # one curve row per epoch, as it ends
                         append_csv_rows(args.curves, [{
                             "time_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
                             "command": command, "run_utc": _row["time_utc"], "data": args.data,
                             "model": model, "ours_params": _row["ours_params"], "seed": seed, "impl": _impl,
                             **curve}])
-                    res = run_one(model, impl, args, data, tmp, public, on_epoch=record)
+                    side_state = state_file.with_name(f"{model}_seed{seed}_{impl}.pt") if state_file else None
+                    res = run_one(model, impl, args, data, tmp, public, on_epoch=curve_row,
+                                  state_path=side_state)
                     if args.patience > 0 and not args.time_only:  # the side's test pass, on its own row
-                        record(test_auc=round(res["auc"], 5), test_logloss=round(res["logloss"], 5),
-                               best_epoch=res["best_epoch"], epochs_run=res["epochs_run"])
+                        curve_row(test_auc=round(res["auc"], 5), test_logloss=round(res["logloss"], 5),
+                                  best_epoch=res["best_epoch"], epochs_run=res["epochs_run"])
+                    if record is not None:  # the side is done: its result kept, its weights dropped
+                        record["sides"][impl] = res
+                        write_json_atomic(state_file, record)
+                        side_state.unlink(missing_ok=True)
                     row.update({f"{impl}_{k}": round(v, 5) if isinstance(v, float) else v
                                 for k, v in res.items()})
                     if args.time_only:
@@ -602,6 +733,9 @@ def main(argv=None) -> int:
                     row["goal_met"] = bool(row["speedup"] >= 5.0 and row["auc_diff"] >= -0.002) if args.data else \
                         bool(row["speedup"] >= 3.0 and abs(row["auc_diff"]) <= 0.003)  # issue 12 / issue 8 goal
                 append_csv_rows(args.results, [row])
+                if record is not None:
+                    record["row_written"] = True
+                    write_json_atomic(state_file, record)
     return 0
 
 

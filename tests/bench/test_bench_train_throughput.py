@@ -4,6 +4,7 @@ argument checks, and early stopping on a scripted validation curve."""
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
 import numpy as np
@@ -333,3 +334,87 @@ def test_a_converged_run_writes_a_curve_row_per_epoch_beside_its_result_row(tmp_
     assert bench.main(["--data", str(data), "--summary", "--results", str(results)]) == 0
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("| SDIM | 2024 |"))
     assert line.endswith("| - | - |") and f"test AUC {row['ours_auc']:.4f}" in line
+
+
+def _tiny_planted_log(tmp_path: Path) -> Path:
+    from fuxictr_chime import cli
+
+    knobs = {"n_users": 12, "events_per_user": 150, "n_items": 120, "n_topics": 20, "n_favourites": 3,
+             "dense_dim": 4, "seed": 3}
+    data = tmp_path / "synthetic"
+    assert cli.main(["prepare", "synthetic", "--out", str(data),
+                     *[a for k, v in knobs.items() for a in ("--option", f"{k}={v}")]]) == 0
+    return data
+
+
+LONGCTR_ZOO = os.environ.get("LONGCTR_ZOO")  # <sdist>/model_zoo/LongCTR: the public side's opt-in run
+
+
+@pytest.mark.parametrize("side", ["ours", pytest.param("public", marks=pytest.mark.skipif(
+    not LONGCTR_ZOO, reason="set LONGCTR_ZOO to the fuxictr-2.3.10 sdist's model_zoo/LongCTR"))])
+def test_a_run_stopped_after_an_epoch_resumes_from_its_state_to_the_uninterrupted_numbers(side, tmp_path, monkeypatch,
+                                                                                          capsys):
+    """TWIN (ours copies its GSU every 3 batches: a step counter that must survive) for 3 epochs: once
+    straight through, once killed right after ``side``'s epoch 2 state was saved and run again with the
+    same ``--state``. The resumed run continues at epoch 3 (a finished ours side is not run again) and
+    gives the same valid curves and test AUC to every digit, keeps the first attempt's ``run_utc`` and
+    counts 1 resume; a third run of the same command writes no second row. ``public`` (opt-in) runs
+    LongCTR's TWIN beside ours and is killed on the public side, whose loader shuffles with torch's
+    generator."""
+    import pandas as pd
+
+    data = _tiny_planted_log(tmp_path)
+    common = ["--data", str(data), "--models", "TWIN", "--epochs", "3", "--patience", "5",
+              "--batch-size", "64", "--warmup", "0", "--twin-sync-every", "3",
+              *(["--public-dir", str(Path(LONGCTR_ZOO).parents[1])] if side == "public" else ["--skip-public"])]
+    assert bench.main([*common, "--results", str(tmp_path / "straight.csv")]) == 0
+    real_save, saved = bench.save_state, []
+
+    def save_then_die(path, *args, **kwargs):
+        real_save(path, *args, **kwargs)
+        saved.append((path.stem.rsplit("_", 1)[1], kwargs["epochs_run"]))
+        if saved[-1] == (side, 2) and saved.count((side, 2)) == 1:
+            raise KeyboardInterrupt  # killed between epochs, as when a session ends
+
+    monkeypatch.setattr(bench, "save_state", save_then_die)
+    resumed = [*common, "--results", str(tmp_path / "resumed.csv"), "--state", str(tmp_path / "state")]
+    with pytest.raises(KeyboardInterrupt):
+        bench.main(resumed)
+    assert not (tmp_path / "resumed.csv").exists() and (tmp_path / "state" / f"TWIN_seed2024_{side}.pt").exists()
+    capsys.readouterr()
+    assert bench.main(resumed) == 0
+    assert "resumed from" in capsys.readouterr().out
+    assert saved == [("ours", 1), ("ours", 2), ("ours", 3)] + [("public", 1), ("public", 2), ("public", 3)] * (side == "public")
+    straight, again = pd.read_csv(tmp_path / "straight.csv"), pd.read_csv(tmp_path / "resumed.csv")
+    assert len(again) == 1 and again["resumes"].iloc[0] == 1
+    for impl in ["ours"] + ["public"] * (side == "public"):
+        for key in ("auc", "logloss", "best_epoch", "epochs_run", "timed_samples"):
+            assert again[f"{impl}_{key}"].iloc[0] == straight[f"{impl}_{key}"].iloc[0], (impl, key)
+    curves = {name: pd.read_csv(tmp_path / f"{name}_curves.csv") for name in ("straight", "resumed")}
+    cols = ["impl", "epoch", "valid_auc", "valid_logloss", "train_loss"]
+    epochs = {k: c[c["epoch"].notna()][cols].reset_index(drop=True) for k, c in curves.items()}
+    assert list(epochs["resumed"]["epoch"]) == [1, 2, 3] * (1 + (side == "public"))
+    pd.testing.assert_frame_equal(epochs["resumed"], epochs["straight"])
+    assert set(curves["resumed"]["run_utc"]) == {again["time_utc"].iloc[0]}
+    assert not list((tmp_path / "state").glob("*.pt"))  # a finished side keeps its result only
+    assert bench.main(resumed) == 0
+    assert "not run again" in capsys.readouterr().out and len(pd.read_csv(tmp_path / "resumed.csv")) == 1
+
+
+def test_a_state_started_with_other_settings_is_refused_naming_the_file_and_setting(tmp_path):
+    state = tmp_path / "state"
+    state.mkdir()
+    data = _prepared(tmp_path / "toy")
+    args = bench.parse_args(["--data", str(data), "--patience", "2", "--state", str(state)])
+    path, record = bench.run_state(args, "SDIM", 2024)
+    path.write_text(__import__("json").dumps(record))
+    other = bench.parse_args(["--data", str(data), "--patience", "2", "--state", str(state), "--learning-rate", "1e-3"])
+    with pytest.raises(SystemExit, match=r"SDIM_seed2024\.json was started with other settings \(learning_rate: "
+                                         r"0\.0005 there, 0\.001 now\)"):
+        bench.run_state(other, "SDIM", 2024)
+    assert bench.run_state(args, "SDIM", 2024)[1]["resumes"] == 1
+    (state / "ETA_seed2024.json").write_text("not json")
+    with pytest.raises(SystemExit, match="ETA_seed2024.json is not a run record"):
+        bench.run_state(args, "ETA", 2024)
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--data", str(data), "--state", str(state)])  # no --patience: nothing to resume
