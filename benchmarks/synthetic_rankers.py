@@ -39,6 +39,10 @@ runs on the ``sessions`` preset (the default until 2026-12-04) live in their own
 the softmax DIN over the last 30 behaviours against longer windows:
 
     .venv/bin/python benchmarks/synthetic_rankers.py --table-only --pairs DIN_softmax:DIN_100_softmax
+
+Below the pairs, for the seeds whose runs have learning curves (``<out>/curves/``), a second table
+says where early stopping landed: A - B in test AUC, in valid AUC at the epoch each run kept and in
+the highest valid AUC of any epoch each run evaluated.
 """
 from __future__ import annotations
 
@@ -198,6 +202,51 @@ def pair_lines(rows: dict[str, list[dict]], dataset_id: str, pairs: list[tuple[s
             "|---|---|---|---|---|---|---|", *lines]
 
 
+def _peak_valid_auc(out: Path, expid: str, seed: int) -> float | None:
+    """The highest valid AUC of any evaluated epoch in the run's learning curve
+    (``<out>/curves/<expid>_<seed>.curve.csv``, written by ``fuxictr-chime run``); None without it."""
+    path = out / "curves" / f"{expid}_{seed}.curve.csv"
+    if not path.exists():
+        return None
+    with path.open(newline="") as f:
+        aucs = [float(r["valid_AUC"]) for r in csv.DictReader(f) if r.get("valid_AUC")]
+    return max(aucs) if aucs else None
+
+
+def stop_point_lines(out: Path, rows: dict[str, list[dict]], dataset_id: str,
+                     pairs: list[tuple[str, str]]) -> list[str]:
+    """Markdown rows for ``--pairs A:B`` over the seeds where both runs have a learning curve: A - B
+    in test AUC, in valid AUC at the epoch early stopping kept (runs.csv) and in the highest valid AUC
+    of any epoch either run evaluated (its curve). Where the last two disagree in sign, the pair's
+    order is decided by where early stopping landed rather than by what the two models reach."""
+    lines = []
+    for a, b in pairs:
+        runs = {e: {int(r["seed"]): r for r in rows.get(f"{e}_{dataset_id}", [])} for e in (a, b)}
+        peaks = {e: {s: _peak_valid_auc(out, f"{e}_{dataset_id}", s) for s in runs[e]} for e in (a, b)}
+        seeds = sorted(s for s in set(runs[a]) & set(runs[b]) if peaks[a][s] is not None and peaks[b][s] is not None)
+        if not seeds:
+            continue
+
+        def diffs(value) -> str:
+            d = np.array([value(a, s) - value(b, s) for s in seeds])
+            return f"{d.mean():+.4f} ({', '.join(f'{x:+.4f}' for x in d)})"
+
+        epochs = "; ".join(", ".join(f"{runs[e][s]['epochs_run']} ({runs[e][s]['best_epoch']})" for s in seeds)
+                           for e in (a, b))
+        lines.append(f"| {a} vs {b} | {', '.join(map(str, seeds))} | "
+                     f"{diffs(lambda e, s: float(runs[e][s]['test_AUC']))} | "
+                     f"{diffs(lambda e, s: float(runs[e][s]['valid_AUC']))} | "
+                     f"{diffs(lambda e, s: peaks[e][s])} | {epochs} |")
+    if not lines:
+        return []
+    return ["", "Where early stopping landed, for the pairs above whose runs have learning curves (`curves/`): "
+            "A - B in test AUC, in valid AUC at the epoch each run kept, and in the highest valid AUC of any "
+            "epoch each run evaluated. A sign that differs between the last two columns means the order of the "
+            "pair was set by where the monitor (valid AUC - logloss) stopped, not by what the two runs reached.",
+            "", "| A vs B | seeds | test AUC | valid AUC, kept epoch | highest valid AUC | epochs run (best), A; B |",
+            "|---|---|---|---|---|---|", *lines]
+
+
 def table(out: Path, data: Path, dataset_id: str, experiments: list[str], baseline: Path | None = None,
           pairs: list[tuple[str, str]] = ()) -> str:
     """``experiments`` first, then every other experiment of ``dataset_id`` in ``<out>/runs.csv`` (in
@@ -237,6 +286,7 @@ def table(out: Path, data: Path, dataset_id: str, experiments: list[str], baseli
     if baseline is not None:
         lines += paired_lines(rows, read_runs(baseline), dataset_id, experiments, oracle)
     lines += pair_lines(rows, dataset_id, list(pairs), oracle)
+    lines += stop_point_lines(out, rows, dataset_id, list(pairs))
     return "\n".join(lines) + "\n"
 
 

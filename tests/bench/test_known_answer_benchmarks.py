@@ -535,3 +535,29 @@ def test_din_attention_bench_times_three_paths_that_agree(tmp_path, capsys):
     assert "packed" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         bench.parse_args(["--valid-share", "0"])
+
+
+def test_synthetic_rankers_says_where_early_stopping_landed_for_pairs_with_curves(tmp_path):
+    """A's run stopped at a lower valid AUC than B's although its curve went higher: the kept-epoch
+    difference and the highest-epoch difference have opposite signs. Seed 2 has no curve for B and is
+    left out of that section (but not of the pairs table)."""
+    rankers = _script("synthetic_rankers")
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "summary.json").write_text(json.dumps({"oracle": {"test": {"auc": 0.9, "base_logloss": 0.69}}}))
+    row = {"test_logloss": 0.6, "stopped_early": "True"}
+    _write_csv(tmp_path / "runs.csv", [
+        {**row, "expid": "DIN_CHIME_synthetic", "seed": 1, "test_AUC": 0.69, "valid_AUC": 0.70, "epochs_run": 5, "best_epoch": 3},
+        {**row, "expid": "DIN_HIST_synthetic", "seed": 1, "test_AUC": 0.70, "valid_AUC": 0.71, "epochs_run": 8, "best_epoch": 6},
+        {**row, "expid": "DIN_CHIME_synthetic", "seed": 2, "test_AUC": 0.72, "valid_AUC": 0.72, "epochs_run": 5, "best_epoch": 3},
+        {**row, "expid": "DIN_HIST_synthetic", "seed": 2, "test_AUC": 0.71, "valid_AUC": 0.71, "epochs_run": 5, "best_epoch": 3}])
+    (tmp_path / "curves").mkdir()
+    for expid, seed, aucs in [("DIN_CHIME", 1, [0.65, 0.68, 0.70, 0.72, 0.715]), ("DIN_HIST", 1, [0.66, 0.69, 0.71]),
+                              ("DIN_CHIME", 2, [0.70, 0.72])]:
+        _write_csv(tmp_path / "curves" / f"{expid}_synthetic_{seed}.curve.csv",
+                   [{"epoch": i + 1, "valid_AUC": auc, "valid_logloss": 0.6} for i, auc in enumerate(aucs)])
+    text = rankers.table(tmp_path, data, "synthetic", [], pairs=[("DIN_CHIME", "DIN_HIST")])
+    assert "| DIN_CHIME vs DIN_HIST | 1, 2 | 0.7050 | 0.7050 |" in text  # the pairs table keeps both seeds
+    assert ("| DIN_CHIME vs DIN_HIST | 1 | -0.0100 (-0.0100) | -0.0100 (-0.0100) | +0.0100 (+0.0100) | 5 (3); 8 (6) |"
+            in text)
+    assert "Where early stopping landed" not in rankers.table(tmp_path, data, "synthetic", [])
