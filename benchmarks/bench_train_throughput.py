@@ -35,10 +35,11 @@ run stopped before the other side finished (a public run takes hours here) keeps
 ``--state DIR`` makes such a run resumable: after every epoch each side's training state (weights,
 optimizer, gradients, step counters, the best epoch's weights, the loader's epoch and the torch /
 numpy / random generators) is saved to ``DIR/<model>_seed<seed>_<side>.pt``, and
-``DIR/<model>_seed<seed>.json`` keeps the settings, the ``run_utc`` and each finished side's result.
+``DIR/<model>_seed<seed>.json`` keeps the settings, the digests of the split files, the ``run_utc`` and
+each finished side's result.
 The same command run again skips finished sides, continues an interrupted one after its last saved
 epoch and gives the numbers an uninterrupted run gives (tests/bench/test_bench_train_throughput.py);
-its row counts the ``resumes``. A folder started with other settings is refused.
+its row counts the ``resumes``. A record started with other settings or split files is refused.
 ``--summary`` judges the goal on the mean over seeds and says so where a model has fewer than
 the goal's 3 seeds; below it, the valid AUC per epoch of both sides, seed by seed, from
 ``--curves`` with each side's test AUC where it was recorded.
@@ -611,17 +612,34 @@ def run_one(model: str, impl: str, args, data: dict, tmp: Path, public, on_epoch
 STATE_FREE_ARGS = {"seed", "seeds", "models", "results", "curves", "state", "summary", "public_dir"}
 
 
+def split_digests(data: str | None) -> dict[str, str]:
+    """sha256 of the train / valid / test files of the prepared folder ``data`` (what both sides
+    train and test on; a column export into its user table leaves them as they are)."""
+    import hashlib
+
+    if data is None:
+        return {}
+    digests = {}
+    for split in ("train", "valid", "test"):
+        path = Path(data) / f"{split}.parquet"
+        if path.exists():
+            digests[split] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return digests
+
+
 def run_state(args, model: str, seed: int) -> tuple[Path, dict]:
     """The ``--state`` record of one model and seed (``<DIR>/<model>_seed<seed>.json``: the settings
-    it was started with, its ``run_utc``, the finished sides' results, the resumes) and its path; a
-    new record where none exists. A record started with other settings is refused, naming the file
-    and the settings that differ."""
+    it was started with, the digests of the data's splits, its ``run_utc``, the finished sides'
+    results, the resumes) and its path; a new record where none exists. A record started with other
+    settings or other split files is refused, naming the file and what differs."""
     import json
 
     path = Path(args.state) / f"{model}_seed{seed}.json"
     settings = json.loads(json.dumps({k: v for k, v in sorted(vars(args).items()) if k not in STATE_FREE_ARGS}))
+    digests = split_digests(args.data)
     if not path.exists():
-        return path, {"settings": settings, "run_utc": None, "sides": {}, "resumes": 0, "row_written": False}
+        return path, {"settings": settings, "data_digests": digests, "run_utc": None, "sides": {}, "resumes": 0,
+                      "row_written": False}
     try:
         record = json.loads(path.read_text())
         differ = sorted(k for k in {*settings, *record["settings"]}
@@ -632,6 +650,10 @@ def run_state(args, model: str, seed: int) -> tuple[Path, dict]:
         raise SystemExit(f"--state: {path} was started with other settings ("
                          + ", ".join(f"{k}: {record['settings'].get(k)!r} there, {settings.get(k)!r} now"
                                      for k in differ) + "); use another --state folder")
+    changed = sorted(k for k, v in record.setdefault("data_digests", digests).items() if digests.get(k) != v)
+    if changed:  # (a record written before the digests takes today's)
+        raise SystemExit(f"--state: {path} was started on other data: {', '.join(changed)} of {args.data} "
+                         "changed since; use another --state folder")
     record["resumes"] += 1
     return path, record
 

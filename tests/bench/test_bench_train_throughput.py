@@ -401,7 +401,7 @@ def test_a_run_stopped_after_an_epoch_resumes_from_its_state_to_the_uninterrupte
     assert "not run again" in capsys.readouterr().out and len(pd.read_csv(tmp_path / "resumed.csv")) == 1
 
 
-def test_a_state_started_with_other_settings_is_refused_naming_the_file_and_setting(tmp_path):
+def test_a_state_started_with_other_settings_or_data_is_refused_naming_the_file_and_what_differs(tmp_path):
     state = tmp_path / "state"
     state.mkdir()
     data = _prepared(tmp_path / "toy")
@@ -413,6 +413,9 @@ def test_a_state_started_with_other_settings_is_refused_naming_the_file_and_sett
                                          r"0\.0005 there, 0\.001 now\)"):
         bench.run_state(other, "SDIM", 2024)
     assert bench.run_state(args, "SDIM", 2024)[1]["resumes"] == 1
+    pq.write_table(pa.table({"label": [1, 0]}), data / "valid.parquet")  # the data changed under the record
+    with pytest.raises(SystemExit, match=r"SDIM_seed2024\.json was started on other data: valid of "):
+        bench.run_state(args, "SDIM", 2024)
     (state / "ETA_seed2024.json").write_text("not json")
     with pytest.raises(SystemExit, match="ETA_seed2024.json is not a run record"):
         bench.run_state(args, "ETA", 2024)
