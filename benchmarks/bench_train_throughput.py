@@ -176,7 +176,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.data is not None and not args.summary and not (Path(args.data) / "dataset_config.yaml").exists():
         p.error(f"--data {args.data}: no dataset_config.yaml (run `fuxictr-chime prepare ... --out {args.data}`)")
     if args.state is not None and (args.time_only or args.patience == 0):
-        p.error("--state needs a converged run (--data and --patience > 0, no --time-only)")
+        p.error("--state needs a converged run (--patience > 0, no --time-only)")
     args.seeds = args.seeds or [args.seed]
     if args.curves is None:
         results = Path(args.results)
@@ -721,8 +721,7 @@ def main(argv=None) -> int:
                         res = record["sides"][impl]
                         print(f"{model} seed {seed} {impl}: finished before (--state), test AUC "
                               f"{res['auc']:.4f}", flush=True)
-                        row.update({f"{impl}_{k}": round(v, 5) if isinstance(v, float) else v
-                                    for k, v in res.items()})
+                        row.update(side_columns(impl, res))
                         continue
                     def curve_row(_row=row, _impl=impl, **curve):  # one curve row per epoch, as it ends
                         append_csv_rows(args.curves, [{
@@ -740,8 +739,7 @@ def main(argv=None) -> int:
                         record["sides"][impl] = res
                         write_json_atomic(state_file, record)
                         side_state.unlink(missing_ok=True)
-                    row.update({f"{impl}_{k}": round(v, 5) if isinstance(v, float) else v
-                                for k, v in res.items()})
+                    row.update(side_columns(impl, res))
                     if args.time_only:
                         print(f"{model} seed {seed} {impl}: {res['samples_per_s']:.0f} samples/s over "
                               f"{res['timed_samples']} samples", flush=True)
@@ -759,6 +757,11 @@ def main(argv=None) -> int:
                     record["row_written"] = True
                     write_json_atomic(state_file, record)
     return 0
+
+
+def side_columns(impl: str, res: dict) -> dict:
+    """One side's result as the row's ``<impl>_<key>`` columns, floats to 5 decimals."""
+    return {f"{impl}_{k}": round(v, 5) if isinstance(v, float) else v for k, v in res.items()}
 
 
 def _rows_of(results: Path, data: str, time_only: bool):

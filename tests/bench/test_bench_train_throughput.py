@@ -401,7 +401,7 @@ def test_a_run_stopped_after_an_epoch_resumes_from_its_state_to_the_uninterrupte
     assert "not run again" in capsys.readouterr().out and len(pd.read_csv(tmp_path / "resumed.csv")) == 1
 
 
-def test_a_state_started_with_other_settings_or_data_is_refused_naming_the_file_and_what_differs(tmp_path):
+def test_a_state_started_with_other_settings_or_data_is_refused_naming_the_file_and_what_differs(tmp_path, capsys):
     state = tmp_path / "state"
     state.mkdir()
     data = _prepared(tmp_path / "toy")
@@ -421,3 +421,4 @@ def test_a_state_started_with_other_settings_or_data_is_refused_naming_the_file_
         bench.run_state(args, "ETA", 2024)
     with pytest.raises(SystemExit):
         bench.parse_args(["--data", str(data), "--state", str(state)])  # no --patience: nothing to resume
+    assert "--state needs a converged run (--patience > 0, no --time-only)" in capsys.readouterr().err
