@@ -8,8 +8,8 @@
   against a per-sample reference (value and gradient); equal to LongCTR's unmasked mean
   when every slot is valid;
 * model level: shapes, masked padding and histories shorter than ``topk``, empty histories,
-  ``max_len``, a few training steps, determinism, the ``_CHIME`` / ``_LEARN`` columns, bad
-  settings.
+  ``max_len``, a few training steps, determinism, bad settings (its four column variants
+  are in ``test_models_zoo.py`` with the other models').
 """
 from __future__ import annotations
 
@@ -355,22 +355,6 @@ def test_deterministic_and_seeded_hash(make_feature_map, make_batch, model_kwarg
         assert torch.equal(a(batch)["y_pred"], b(batch)["y_pred"])
     c, _ = build("MIRRN", make_feature_map, model_kwargs, seed=5, hash_seed=123)
     assert not torch.equal(a.simhash.projection, c.simhash.projection)
-
-
-@pytest.mark.parametrize("suffix,column", [("_CHIME", "chime_hist"), ("_LEARN", "learn_emb")])
-def test_variants_use_their_column(suffix, column, make_feature_map, make_batch, model_kwargs):
-    variant, fmap = build("MIRRN" + suffix, make_feature_map, model_kwargs)
-    plain = get_model("MIRRN")(fmap, **model_kwargs)  # same feature map, column active
-    batch = make_batch(fmap, batch_size=6, length=12)
-    changed = {**batch, column: batch[column] + torch.rand(batch[column].shape) * 3}
-    for model, should_change in ((variant, True), (plain, False)):
-        model.eval()
-        with torch.no_grad():
-            a, b = model(batch)["y_pred"], model(changed)["y_pred"]
-        assert (not torch.allclose(a, b, atol=1e-6)) is should_change, type(model).__name__
-    with pytest.raises(ConfigError) as err:
-        get_model("MIRRN" + suffix)(make_feature_map(), **model_kwargs)
-    assert column in str(err.value) and "compress export" in str(err.value)
 
 
 @pytest.mark.parametrize("key,value", [("hash_bits", 0), ("hash_bits", 65), ("topk", 0),

@@ -267,7 +267,7 @@ def test_hashing_models_are_deterministic(name, make_feature_map, make_batch, mo
 
 
 # --------------------------------------------------------------------------- compressed columns
-@pytest.mark.parametrize("name", ["DIN", "SimSoft", "ETA", "SDIM", "TWIN"])
+@pytest.mark.parametrize("name", ["DIN", "SimSoft", "ETA", "SDIM", "TWIN", "MIRRN"])
 @pytest.mark.parametrize("suffix", ["_CHIME", "_LEARN", "_HIST", "_STATS"])
 def test_variant_uses_its_column_and_plain_model_ignores_it(name, suffix, make_feature_map,
                                                             make_batch, model_kwargs):
@@ -378,7 +378,7 @@ def test_column_interaction_feeds_the_mlp_the_column_times_the_projected_target(
     assert plain._column_slice is None and not hasattr(plain, "column_target")
 
 
-@pytest.mark.parametrize("name", ["DIN_CHIME", "TWIN_LEARN"])
+@pytest.mark.parametrize("name", ["DIN_CHIME", "TWIN_LEARN", "MIRRN_CHIME", "MIRRN_LEARN"])
 def test_variant_without_its_column_is_a_config_error(name, make_feature_map, model_kwargs):
     with pytest.raises(ConfigError) as err:
         get_model(name)(make_feature_map(), **model_kwargs)
