@@ -33,23 +33,31 @@ STATS_DIM = 2  # stats_ctrl: [positive rate, log(1 + history length)]
 MAX_HISTORY = 30
 
 
-def _vectors(matrix: np.ndarray) -> pa.Array:
+def vector_column(matrix: np.ndarray) -> pa.Array:
     n, d = matrix.shape
     offsets = np.arange(0, (n + 1) * d, d, dtype=np.int32)
     return pa.ListArray.from_arrays(offsets, matrix.astype(np.float32).reshape(-1))
+
+
+def write_item_info(folder: Path, rng: np.random.Generator, n_items: int, n_cates: int,
+                    title_dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """Write ``item_info.parquet`` for items 1..n_items (row 0 = padding) with a random
+    ``cate_id`` in 1..n_cates and a Gaussian ``title_emb``; return (cate, title)."""
+    cate = np.concatenate([[0], rng.integers(1, n_cates + 1, n_items)]).astype(np.int64)
+    title = rng.standard_normal((n_items + 1, title_dim)).astype(np.float32)
+    title[0] = 0.0
+    pq.write_table(pa.table({"item_index": np.arange(n_items + 1, dtype=np.int64),
+                             "item_id": np.arange(n_items + 1, dtype=np.int64),
+                             "cate_id": cate, "title_emb": vector_column(title)}),
+                   folder / "item_info.parquet")
+    return cate, title
 
 
 def write_tiny_dataset(folder: Path, seed: int = 0) -> types.SimpleNamespace:
     """Write the tiny prepared folder; return its dataset block and arrays."""
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
-    cate = np.concatenate([[0], rng.integers(1, N_CATES + 1, N_ITEMS)]).astype(np.int64)
-    title = rng.standard_normal((N_ITEMS + 1, TITLE_DIM)).astype(np.float32)
-    title[0] = 0.0
-    pq.write_table(pa.table({"item_index": np.arange(N_ITEMS + 1, dtype=np.int64),
-                             "item_id": np.arange(N_ITEMS + 1, dtype=np.int64),
-                             "cate_id": cate, "title_emb": _vectors(title)}),
-                   folder / "item_info.parquet")
+    cate, title = write_item_info(folder, rng, N_ITEMS, N_CATES, TITLE_DIM)
     lengths = np.concatenate([[0], rng.integers(0, MAX_HISTORY + 1, N_USERS)])
     seqs = [rng.integers(1, N_ITEMS + 1, n).tolist() for n in lengths]
     chime = rng.random((N_USERS + 1, USER_DIM)).astype(np.float32)
@@ -61,8 +69,8 @@ def write_tiny_dataset(folder: Path, seed: int = 0) -> types.SimpleNamespace:
     hist[0] = stats[0] = 0.0
     pq.write_table(pa.table({"user_index": np.arange(N_USERS + 1, dtype=np.int64),
                              "full_item_seq": pa.array(seqs, pa.list_(pa.int64())),
-                             "chime_hist": _vectors(chime), "learn_emb": _vectors(learn),
-                             "hist_ctrl": _vectors(hist), "stats_ctrl": _vectors(stats)}),
+                             "chime_hist": vector_column(chime), "learn_emb": vector_column(learn),
+                             "hist_ctrl": vector_column(hist), "stats_ctrl": vector_column(stats)}),
                    folder / "user_info.parquet")
     for split, n in (("train", 96), ("valid", 32), ("test", 32)):
         users = rng.integers(1, N_USERS + 1, n)

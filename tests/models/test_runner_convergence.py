@@ -26,7 +26,8 @@ import yaml
 from fuxictr_chime.errors import DataError
 from fuxictr_chime.models import runner
 from fuxictr_chime.models.curves import binary_entropy
-from tests.models.test_runner_e2e import METRICS, _vectors, dataset_block, write_prepared, zoo_block
+from tests.models.conftest import vector_column
+from tests.models.test_runner_e2e import METRICS, dataset_block, write_prepared, zoo_block
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -70,7 +71,7 @@ def config(tmp_path_factory) -> Path:
     table = pq.read_table(root / "nan" / "item_info.parquet")
     title = np.stack(table.column("title_emb").to_pylist()).astype(np.float32)  # (N, d)
     title[3] = np.nan
-    table = table.set_column(table.schema.get_field_index("title_emb"), "title_emb", _vectors(title))
+    table = table.set_column(table.schema.get_field_index("title_emb"), "title_emb", vector_column(title))
     pq.write_table(table, root / "nan" / "item_info.parquet")
     (root / "constant.py").write_text(CONSTANT_MODEL)
     cfg = root / "config"

@@ -21,15 +21,11 @@ import yaml
 from fuxictr_chime.errors import ConfigError
 from fuxictr_chime.models import runner
 
+from .conftest import vector_column, write_item_info
+
 REPO = Path(__file__).resolve().parents[2]
 N_USERS, N_ITEMS, N_CATES, TITLE_DIM = 12, 30, 4, 6
 METRICS = ["AUC", "gAUC", "logloss"]
-
-
-def _vectors(matrix: np.ndarray) -> pa.Array:
-    n, d = matrix.shape
-    offsets = np.arange(0, (n + 1) * d, d, dtype=np.int32)
-    return pa.ListArray.from_arrays(offsets, matrix.astype(np.float32).reshape(-1))
 
 
 def write_prepared(folder: Path, *, seed: int = 0, with_chime: bool = True) -> None:
@@ -48,15 +44,9 @@ def write_prepared(folder: Path, *, seed: int = 0, with_chime: bool = True) -> N
     if with_chime:
         hist = rng.random((N_USERS + 1, 64)).astype(np.float32)
         hist[0] = 0.0
-        user["chime_hist"] = _vectors(hist / hist.sum(1, keepdims=True).clip(1e-6))
+        user["chime_hist"] = vector_column(hist / hist.sum(1, keepdims=True).clip(1e-6))
     pq.write_table(pa.table(user), folder / "user_info.parquet")
-    cate = np.concatenate([[0], rng.integers(1, N_CATES + 1, N_ITEMS)]).astype(np.int64)
-    title = rng.standard_normal((N_ITEMS + 1, TITLE_DIM)).astype(np.float32)
-    title[0] = 0.0
-    pq.write_table(pa.table({"item_index": np.arange(N_ITEMS + 1, dtype=np.int64),
-                             "item_id": np.arange(N_ITEMS + 1, dtype=np.int64),
-                             "cate_id": cate, "title_emb": _vectors(title)}),
-                   folder / "item_info.parquet")
+    cate, _ = write_item_info(folder, rng, N_ITEMS, N_CATES, TITLE_DIM)
     for split, per_user in (("train", 24), ("valid", 8), ("test", 8)):
         users = np.repeat(np.arange(1, N_USERS + 1), per_user)
         items = rng.integers(1, N_ITEMS + 1, len(users))
