@@ -3,7 +3,7 @@ import math
 
 import pandas as pd
 
-from fuxictr_chime.demo import eval_curve_line
+from fuxictr_chime.demo import eval_curve_line, timing_line
 
 
 def _log(rows, refs=None):
@@ -37,3 +37,8 @@ def test_references_are_the_logged_scorers_in_order_and_missing_ones_are_left_ou
 def test_a_log_with_only_the_step_0_eval_names_no_best():
     line = eval_curve_line("CHIME", _log([(0, "eval", 6.75)]), "holistic")
     assert line == "CHIME eval holistic loss: 6.7500 (step 0) -> 6.7500 (step 0)"
+
+
+def test_timing_line_lists_each_step_and_their_sum_in_seconds_or_minutes():
+    line = timing_line({"prepare": 12.4, "compressors and rankers": 570.0, "figures": 89.6})
+    assert line == "wall time: prepare 12 s, compressors and rankers 9.5 min, figures 90 s; in all 11.2 min"
