@@ -34,11 +34,15 @@ test pass one more row (no epoch; test AUC and logloss, best epoch, epochs run) 
 run stopped before the other side finished (a public run takes hours here) keeps what it measured.
 ``--state DIR`` makes such a run resumable: after every epoch each side's training state (weights,
 optimizer, gradients, step counters, the best epoch's weights, the loader's epoch and the torch /
-numpy / random generators) is saved to ``DIR/<model>_seed<seed>_<side>.pt``, and
+numpy / random generators) is saved to ``DIR/<model>_seed<seed>_<side>.pt``, and within an epoch
+(from the second on: the timed first epoch is never split) every ``--save-every-min`` minutes of it
+as well, with the batches done and the generators as the epoch began, so that a public epoch of
+most of an hour is not lost when a run is stopped half-way through it; and
 ``DIR/<model>_seed<seed>.json`` keeps the settings, the digests of the split files, the ``run_utc`` and
 each finished side's result.
 The same command run again skips finished sides, continues an interrupted one after its last saved
-epoch and gives the numbers an uninterrupted run gives (tests/bench/test_bench_train_throughput.py);
+epoch or batch (re-drawing the epoch's order and passing over the batches done) and gives the
+numbers an uninterrupted run gives (tests/bench/test_bench_train_throughput.py);
 its row counts the ``resumes``. A record started with other settings or split files is refused.
 ``--summary`` judges the goal on the mean over seeds and says so where a model has fewer than
 the goal's 3 seeds; below it, the valid AUC per epoch of both sides, seed by seed, from
@@ -164,6 +168,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="converged mode: keep each side's training state in DIR after every epoch and "
                         "a finished side's result, so that the same command run again resumes where "
                         "a stopped run left off (same numbers as an uninterrupted run)")
+    p.add_argument("--save-every-min", type=float, default=10.0, metavar="M",
+                   help="with --state: also save a side's state within an epoch (not the timed first one) "
+                        "every M minutes of it, so that a stopped run resumes at the last saved batch "
+                        "(0: only after each epoch)")
     p.add_argument("--summary", action="store_true",
                    help="only write the converged-mode table of --data's rows in --results (mean over "
                         "seeds per model, the last row of each model and seed) to <results>_<data>.md; "
@@ -177,6 +185,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"--data {args.data}: no dataset_config.yaml (run `fuxictr-chime prepare ... --out {args.data}`)")
     if args.state is not None and (args.time_only or args.patience == 0):
         p.error("--state needs a converged run (--patience > 0, no --time-only)")
+    if not args.save_every_min >= 0:
+        p.error(f"--save-every-min must be >= 0 minutes, not {args.save_every_min}")
     args.seeds = args.seeds or [args.seed]
     if args.curves is None:
         results = Path(args.results)
@@ -437,12 +447,32 @@ def _counters(model) -> dict:
             for name, m in model.named_modules()}
 
 
-def save_state(path: Path, model, loader, **fit) -> None:
-    """A side's training state after an evaluated epoch (``fit``: the loop's own variables), written
-    atomically: weights, optimizer, gradients, counters, the loader's epoch (our loader's shuffle
-    order) and the torch / numpy / random generators (the public loader's order, dropout)."""
+def rng_states() -> dict:
+    """The torch / numpy / random generators' states (the public loader's order, dropout)."""
     import random
 
+    import torch
+
+    return {"torch_rng": torch.get_rng_state(), "numpy_rng": np.random.get_state(),
+            "random_rng": random.getstate()}
+
+
+def set_rng_states(states: dict) -> None:
+    import random
+
+    import torch
+
+    torch.set_rng_state(states["torch_rng"])
+    np.random.set_state(states["numpy_rng"])
+    random.setstate(states["random_rng"])
+
+
+def save_state(path: Path, model, loader, **fit) -> None:
+    """A side's training state after an evaluated epoch, or within one (then ``fit["in_epoch"]``
+    holds the batches done, their loss sum and seconds, and the loader's epoch and the generators
+    as the epoch began), written atomically: weights, optimizer, gradients, counters, the loader's
+    epoch (our loader's shuffle order), the generators (``rng_states``) and ``fit``, the loop's own
+    variables."""
     import torch
 
     from fuxictr_chime.io import atomic_path
@@ -450,17 +480,14 @@ def save_state(path: Path, model, loader, **fit) -> None:
     state = {"model": model.state_dict(), "optimizer": model.optimizer.state_dict(),
              "grads": {n: p.grad for n, p in model.named_parameters() if p.grad is not None},
              "counters": _counters(model), "loader_epoch": getattr(loader, "epoch", None),
-             "torch_rng": torch.get_rng_state(), "numpy_rng": np.random.get_state(),
-             "random_rng": random.getstate(), **fit}
+             **rng_states(), **fit}
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
 
 
 def load_state(path: Path, model, loader) -> dict:
     """Restore what ``save_state`` wrote into ``model``, ``loader`` and the generators; returns the
-    loop's variables."""
-    import random
-
+    loop's variables (``in_epoch`` None for a state saved after an epoch)."""
     import torch
 
     state = torch.load(path, weights_only=False)
@@ -475,15 +502,14 @@ def load_state(path: Path, model, loader) -> dict:
             setattr(modules[name], key, value)
     if (loader_epoch := state.pop("loader_epoch")) is not None:
         loader.epoch = loader_epoch
-    torch.set_rng_state(state.pop("torch_rng"))
-    np.random.set_state(state.pop("numpy_rng"))
-    random.setstate(state.pop("random_rng"))
+    set_rng_states({k: state.pop(k) for k in ("torch_rng", "numpy_rng", "random_rng")})
+    state.setdefault("in_epoch", None)  # states saved before within-epoch saves existed
     return state
 
 
 def train(model, make_loader, epochs: int, warmup: int, valid_loader=None,
           patience: int = 0, max_batches: int | None = None, on_epoch=None,
-          state_path: Path | None = None) -> dict:
+          state_path: Path | None = None, save_every_s: float = 0.0) -> dict:
     """Train up to ``epochs`` epochs. Returns the seconds and samples of epoch 1 after ``warmup``
     batches, the epochs run and the best epoch (1-based). With ``patience`` > 0 and a
     ``valid_loader``: valid AUC - logloss after every epoch, stop after ``patience`` epochs
@@ -491,8 +517,12 @@ def train(model, make_loader, epochs: int, warmup: int, valid_loader=None,
     is then called after each evaluation with ``epoch`` (1-based), ``valid_auc``,
     ``valid_logloss``, ``train_loss`` (the epoch's mean batch loss) and ``epoch_seconds``.
     ``max_batches``: an epoch ends after that many batches (time-only mode). ``state_path``: the
-    training state is saved there after every evaluated epoch and, where the file exists, training
-    resumes from it (``save_state``)."""
+    training state is saved there after every evaluated epoch and, from the second epoch on, after
+    the first batch that ends ``save_every_s`` seconds or more after the epoch began or the last
+    save (0: never within an epoch); where the file exists, training resumes from it
+    (``save_state``): within an epoch by setting the loader's epoch and the generators back to the
+    epoch's start, passing over the batches done and then restoring the generators saved after
+    them, so the rest of the epoch draws what an uninterrupted run draws."""
     import copy
 
     import torch
@@ -500,21 +530,39 @@ def train(model, make_loader, epochs: int, warmup: int, valid_loader=None,
     init_fit_state(model)
     seconds, samples = 0.0, 0
     best, best_epoch, best_state, epochs_run = -np.inf, epochs, None, 0
-    stopped = False
+    stopped, in_epoch = False, None
     if state_path is not None and state_path.exists():
         fit = load_state(state_path, model, make_loader())
         seconds, samples, best, best_epoch = fit["seconds"], fit["samples"], fit["best"], fit["best_epoch"]
         best_state, epochs_run, stopped = fit["best_state"], fit["epochs_run"], fit["stopped"]
-        print(f"  resumed from {state_path} after epoch {epochs_run}", flush=True)
+        if (in_epoch := fit["in_epoch"]) is not None:
+            print(f"  resumed from {state_path} in epoch {epochs_run + 1} after {in_epoch['batches_done']} "
+                  "batches", flush=True)
+        else:
+            print(f"  resumed from {state_path} after epoch {epochs_run}", flush=True)
     for epoch in range(epochs_run, epochs):
         if stopped:
             break
         model.train()
         model._epoch_index = epoch
         loader = make_loader()
-        start = epoch_start = time.perf_counter()
-        loss_sum, batches = 0.0, 0
+        done, after, loss_sum, batches, elapsed_before = 0, None, 0.0, 0, 0.0
+        if in_epoch is not None:  # back to the epoch's start; the generators after the done batches wait
+            after, done = rng_states(), in_epoch["batches_done"]
+            loss_sum, batches, elapsed_before = in_epoch["loss_sum"], in_epoch["batches"], in_epoch["seconds"]
+            set_rng_states(in_epoch["start_rng"])
+            if in_epoch["loader_epoch"] is not None:
+                loader.epoch = in_epoch["loader_epoch"]
+            in_epoch = None
+        save_within = state_path is not None and save_every_s > 0 and epoch > 0
+        epoch_begins = {"loader_epoch": getattr(loader, "epoch", None), "start_rng": rng_states()}
+        start = epoch_start = last_save = time.perf_counter()
         for i, batch in enumerate(loader):
+            if i < done:  # done before the run was stopped
+                continue
+            if after is not None:
+                set_rng_states(after)
+                after, epoch_start = None, time.perf_counter()
             if max_batches is not None and i == max_batches:
                 break
             if epoch == 0 and i == warmup:
@@ -526,6 +574,17 @@ def train(model, make_loader, epochs: int, warmup: int, valid_loader=None,
                 loss_sum, batches = loss_sum + loss.detach(), batches + 1  # the public step returns a graph
             if epoch == 0:  # the timed epoch (before this fix every epoch's samples were counted)
                 samples += _batch_size(batch)
+            if save_within and time.perf_counter() - last_save >= save_every_s:
+                seconds_so_far = elapsed_before + time.perf_counter() - epoch_start
+                save_state(state_path, model, loader, seconds=seconds, samples=samples, best=best,
+                           best_epoch=best_epoch, best_state=best_state, epochs_run=epochs_run,
+                           stopped=stopped, in_epoch={"batches_done": i + 1, "loss_sum": loss_sum,
+                                                      "batches": batches, "seconds": seconds_so_far,
+                                                      **epoch_begins})
+                last_save = time.perf_counter()
+        if after is not None:  # every batch was done before the stop
+            set_rng_states(after)
+            epoch_start = time.perf_counter()
         if epoch == 0:
             seconds = time.perf_counter() - start
         epochs_run = epoch + 1
@@ -534,7 +593,7 @@ def train(model, make_loader, epochs: int, warmup: int, valid_loader=None,
                 metrics = model.evaluate(valid_loader, metrics=["AUC", "logloss"])
             auc, logloss = float(metrics["AUC"]), float(metrics["logloss"])
             score = auc - logloss
-            elapsed = time.perf_counter() - epoch_start
+            elapsed = elapsed_before + time.perf_counter() - epoch_start
             print(f"  epoch {epoch + 1}: valid AUC {auc:.5f}, logloss {logloss:.5f} "
                   f"({elapsed:.0f}s)", flush=True)  # a public epoch takes minutes
             if on_epoch is not None:
@@ -601,7 +660,7 @@ def run_one(model: str, impl: str, args, data: dict, tmp: Path, public, on_epoch
         fit = train(net, lambda: train_loader, 1, args.warmup, max_batches=args.warmup + args.train_batches)
         return {"samples_per_s": fit["timed_samples"] / fit["timed_seconds"], **fit}
     fit = train(net, lambda: train_loader, args.epochs, args.warmup, valid_loader, args.patience,
-                on_epoch=on_epoch, state_path=state_path)
+                on_epoch=on_epoch, state_path=state_path, save_every_s=60 * args.save_every_min)
     with torch.no_grad():
         metrics = net.evaluate(make("test"), metrics=["AUC", "logloss"])
     return {"samples_per_s": fit["timed_samples"] / fit["timed_seconds"], "auc": float(metrics["AUC"]),
@@ -609,7 +668,8 @@ def run_one(model: str, impl: str, args, data: dict, tmp: Path, public, on_epoch
 
 
 # ----------------------------------------------------------------------------- resumable runs
-STATE_FREE_ARGS = {"seed", "seeds", "models", "results", "curves", "state", "summary", "public_dir"}
+STATE_FREE_ARGS = {"seed", "seeds", "models", "results", "curves", "state", "summary", "public_dir",
+                   "save_every_min"}  # none of these changes a side's numbers
 
 
 def split_digests(data: str | None) -> dict[str, str]:

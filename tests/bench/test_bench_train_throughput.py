@@ -350,6 +350,34 @@ def _tiny_planted_log(tmp_path: Path) -> Path:
 LONGCTR_ZOO = os.environ.get("LONGCTR_ZOO")  # <sdist>/model_zoo/LongCTR: the public side's opt-in run
 
 
+def _twin_run_straight(tmp_path, side) -> list[str]:
+    """TWIN for 3 epochs on a tiny planted log (ours only, or with the public side), run straight
+    through into ``straight.csv``; returns the command's common arguments."""
+    data = _tiny_planted_log(tmp_path)
+    common = ["--data", str(data), "--models", "TWIN", "--epochs", "3", "--patience", "5",
+              "--batch-size", "64", "--warmup", "0", "--twin-sync-every", "3",
+              *(["--public-dir", str(Path(LONGCTR_ZOO).parents[1])] if side == "public" else ["--skip-public"])]
+    assert bench.main([*common, "--results", str(tmp_path / "straight.csv")]) == 0
+    return common
+
+
+def _assert_resumed_as_straight(tmp_path, side):
+    """``resumed.csv`` has ``straight.csv``'s results and the same valid curves and train losses, to
+    every digit; returns the resumed rows and curves."""
+    import pandas as pd
+
+    straight, again = pd.read_csv(tmp_path / "straight.csv"), pd.read_csv(tmp_path / "resumed.csv")
+    for impl in ["ours"] + ["public"] * (side == "public"):
+        for key in ("auc", "logloss", "best_epoch", "epochs_run", "timed_samples"):
+            assert again[f"{impl}_{key}"].iloc[0] == straight[f"{impl}_{key}"].iloc[0], (impl, key)
+    curves = {name: pd.read_csv(tmp_path / f"{name}_curves.csv") for name in ("straight", "resumed")}
+    cols = ["impl", "epoch", "valid_auc", "valid_logloss", "train_loss"]
+    epochs = {k: c[c["epoch"].notna()][cols].reset_index(drop=True) for k, c in curves.items()}
+    assert list(epochs["resumed"]["epoch"]) == [1, 2, 3] * (1 + (side == "public"))
+    pd.testing.assert_frame_equal(epochs["resumed"], epochs["straight"])
+    return again, curves["resumed"]
+
+
 @pytest.mark.parametrize("side", ["ours", pytest.param("public", marks=pytest.mark.skipif(
     not LONGCTR_ZOO, reason="set LONGCTR_ZOO to the fuxictr-2.3.10 sdist's model_zoo/LongCTR"))])
 def test_a_run_stopped_after_an_epoch_resumes_from_its_state_to_the_uninterrupted_numbers(side, tmp_path, monkeypatch,
@@ -363,11 +391,7 @@ def test_a_run_stopped_after_an_epoch_resumes_from_its_state_to_the_uninterrupte
     generator."""
     import pandas as pd
 
-    data = _tiny_planted_log(tmp_path)
-    common = ["--data", str(data), "--models", "TWIN", "--epochs", "3", "--patience", "5",
-              "--batch-size", "64", "--warmup", "0", "--twin-sync-every", "3",
-              *(["--public-dir", str(Path(LONGCTR_ZOO).parents[1])] if side == "public" else ["--skip-public"])]
-    assert bench.main([*common, "--results", str(tmp_path / "straight.csv")]) == 0
+    common = _twin_run_straight(tmp_path, side)
     real_save, saved = bench.save_state, []
 
     def save_then_die(path, *args, **kwargs):
@@ -385,20 +409,67 @@ def test_a_run_stopped_after_an_epoch_resumes_from_its_state_to_the_uninterrupte
     assert bench.main(resumed) == 0
     assert "resumed from" in capsys.readouterr().out
     assert saved == [("ours", 1), ("ours", 2), ("ours", 3)] + [("public", 1), ("public", 2), ("public", 3)] * (side == "public")
-    straight, again = pd.read_csv(tmp_path / "straight.csv"), pd.read_csv(tmp_path / "resumed.csv")
+    again, curves = _assert_resumed_as_straight(tmp_path, side)
     assert len(again) == 1 and again["resumes"].iloc[0] == 1
-    for impl in ["ours"] + ["public"] * (side == "public"):
-        for key in ("auc", "logloss", "best_epoch", "epochs_run", "timed_samples"):
-            assert again[f"{impl}_{key}"].iloc[0] == straight[f"{impl}_{key}"].iloc[0], (impl, key)
-    curves = {name: pd.read_csv(tmp_path / f"{name}_curves.csv") for name in ("straight", "resumed")}
-    cols = ["impl", "epoch", "valid_auc", "valid_logloss", "train_loss"]
-    epochs = {k: c[c["epoch"].notna()][cols].reset_index(drop=True) for k, c in curves.items()}
-    assert list(epochs["resumed"]["epoch"]) == [1, 2, 3] * (1 + (side == "public"))
-    pd.testing.assert_frame_equal(epochs["resumed"], epochs["straight"])
-    assert set(curves["resumed"]["run_utc"]) == {again["time_utc"].iloc[0]}
+    assert set(curves["run_utc"]) == {again["time_utc"].iloc[0]}
     assert not list((tmp_path / "state").glob("*.pt"))  # a finished side keeps its result only
     assert bench.main(resumed) == 0
     assert "not run again" in capsys.readouterr().out and len(pd.read_csv(tmp_path / "resumed.csv")) == 1
+
+
+@pytest.mark.parametrize("side", ["ours", pytest.param("public", marks=pytest.mark.skipif(
+    not LONGCTR_ZOO, reason="set LONGCTR_ZOO to the fuxictr-2.3.10 sdist's model_zoo/LongCTR"))])
+def test_a_run_stopped_within_an_epoch_resumes_at_its_last_saved_batch_to_the_uninterrupted_numbers(
+        side, tmp_path, monkeypatch, capsys):
+    """As above with ``--save-every-min`` so small that a state is saved after every batch from epoch 2
+    on (never in the timed epoch 1), killed right after ``side``'s save after batch 3 of epoch 2: the
+    resumed run re-draws epoch 2's order, passes over its 3 done batches and gives the same valid
+    curves, train losses and test AUC to every digit. Every step here also draws from torch's generator
+    (noise on a weight, as dropout would draw), so the numbers hold only if the generators are put
+    back as they were after the done batches. ``--save-every-min 0`` saves after epochs only."""
+    import torch
+
+    real_train = bench.train
+
+    def train_drawing_every_step(model, *args, **kwargs):
+        step, weight = model.train_step, next(model.parameters())
+
+        def noisy_step(batch):
+            loss = step(batch)
+            with torch.no_grad():
+                weight.add_(1e-3 * torch.randn_like(weight))
+            return loss
+
+        model.train_step = noisy_step
+        return real_train(model, *args, **kwargs)
+
+    monkeypatch.setattr(bench, "train", train_drawing_every_step)
+    common = _twin_run_straight(tmp_path, side)
+    real_save, saved = bench.save_state, []
+
+    def save_then_die(path, *args, **kwargs):
+        real_save(path, *args, **kwargs)
+        within = kwargs["in_epoch"]["batches_done"] if kwargs.get("in_epoch") else None
+        saved.append((path.stem.rsplit("_", 1)[1], kwargs["epochs_run"], within))
+        if saved[-1] == (side, 1, 3) and saved.count((side, 1, 3)) == 1:
+            raise KeyboardInterrupt  # killed within epoch 2, as when a session ends
+
+    monkeypatch.setattr(bench, "save_state", save_then_die)
+    resumed = [*common, "--results", str(tmp_path / "resumed.csv"), "--state", str(tmp_path / "state"),
+               "--save-every-min", "1e-9"]
+    with pytest.raises(KeyboardInterrupt):
+        bench.main(resumed)
+    capsys.readouterr()
+    assert bench.main(resumed) == 0
+    assert "in epoch 2 after 3 batches" in capsys.readouterr().out
+    mine = [s for s in saved if s[0] == side]
+    assert mine[0] == (side, 1, None) and (side, 2, None) in mine and not [s for s in mine if s[1] == 0 and s[2]]
+    assert mine.count((side, 1, 3)) == 1 and mine[mine.index((side, 1, 3)) + 1] == (side, 1, 4)
+    _assert_resumed_as_straight(tmp_path, side)
+    saved.clear()
+    assert bench.main([*common, "--results", str(tmp_path / "epochs.csv"), "--state", str(tmp_path / "s0"),
+                       "--save-every-min", "0"]) == 0
+    assert all(within is None for *_, within in saved) and len(saved) == 3 * (1 + (side == "public"))
 
 
 def test_a_state_started_with_other_settings_or_data_is_refused_naming_the_file_and_what_differs(tmp_path, capsys):
