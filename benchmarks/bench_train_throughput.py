@@ -26,7 +26,9 @@ evaluates valid AUC - logloss (LongCTR's monitor) after every epoch, stops after
 without improvement (``--epochs`` is then a cap) and tests the best epoch's weights on the whole
 test split. ``--seeds`` repeats every model per seed (one row each, with ``seed``, the epochs run
 and the best epoch of both sides). ``DIN`` is LongCTR's DIN, i.e. ours over the whole sequence
-(``short_len = max_len``). Samples/s is always the first epoch after ``--warmup`` batches.
+(``short_len = max_len``). Samples/s is always the first epoch after ``--warmup`` batches (of a
+run stopped within its first epoch and resumed with ``--state``: the batches timed before the
+stop, so one process's timing).
 Each epoch prints its valid AUC and logloss and appends a row to ``--curves`` as it ends (default
 ``<results>_curves.csv``: model, seed, side, epoch, valid AUC and logloss, mean train loss,
 seconds, and ``run_utc``, the ``time_utc`` of the run's row in ``--results``), and each side's
@@ -35,9 +37,9 @@ run stopped before the other side finished (a public run takes hours here) keeps
 ``--state DIR`` makes such a run resumable: after every epoch each side's training state (weights,
 optimizer, gradients, step counters, the best epoch's weights, the loader's epoch and the torch /
 numpy / random generators) is saved to ``DIR/<model>_seed<seed>_<side>.pt``, and within an epoch
-(from the second on: the timed first epoch is never split) every ``--save-every-min`` minutes of it
-as well, with the batches done and the generators as the epoch began, so that a public epoch of
-most of an hour is not lost when a run is stopped half-way through it; and
+every ``--save-every-min`` minutes of it as well (in the first epoch once its warm-up batches are
+done), with the batches done and the generators as the epoch began, so that a public epoch of most
+of an hour is not lost when a run is stopped half-way through it; and
 ``DIR/<model>_seed<seed>.json`` keeps the settings, the digests of the split files, the ``run_utc`` and
 each finished side's result.
 The same command run again skips finished sides, continues an interrupted one after its last saved
@@ -169,9 +171,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "a finished side's result, so that the same command run again resumes where "
                         "a stopped run left off (same numbers as an uninterrupted run)")
     p.add_argument("--save-every-min", type=float, default=10.0, metavar="M",
-                   help="with --state: also save a side's state within an epoch (not the timed first one) "
-                        "every M minutes of it, so that a stopped run resumes at the last saved batch "
-                        "(0: only after each epoch)")
+                   help="with --state: also save a side's state within an epoch every M minutes of it, "
+                        "so that a stopped run resumes at the last saved batch (0: only after each epoch; "
+                        "a first epoch stopped and resumed keeps the samples/s timed before the stop)")
     p.add_argument("--summary", action="store_true",
                    help="only write the converged-mode table of --data's rows in --results (mean over "
                         "seeds per model, the last row of each model and seed) to <results>_<data>.md; "
@@ -517,12 +519,13 @@ def train(model, make_loader, epochs: int, warmup: int, valid_loader=None,
     is then called after each evaluation with ``epoch`` (1-based), ``valid_auc``,
     ``valid_logloss``, ``train_loss`` (the epoch's mean batch loss) and ``epoch_seconds``.
     ``max_batches``: an epoch ends after that many batches (time-only mode). ``state_path``: the
-    training state is saved there after every evaluated epoch and, from the second epoch on, after
-    the first batch that ends ``save_every_s`` seconds or more after the epoch began or the last
-    save (0: never within an epoch); where the file exists, training resumes from it
+    training state is saved there after every evaluated epoch and after the first batch that ends
+    ``save_every_s`` seconds or more after the epoch began or the last save (0: never within an
+    epoch; in the first epoch not before its warm-up is over); where the file exists, training resumes from it
     (``save_state``): within an epoch by setting the loader's epoch and the generators back to the
     epoch's start, passing over the batches done and then restoring the generators saved after
-    them, so the rest of the epoch draws what an uninterrupted run draws."""
+    them, so the rest of the epoch draws what an uninterrupted run draws. A first epoch resumed
+    within keeps the samples and seconds timed before the stop."""
     import copy
 
     import torch
@@ -554,7 +557,8 @@ def train(model, make_loader, epochs: int, warmup: int, valid_loader=None,
             if in_epoch["loader_epoch"] is not None:
                 loader.epoch = in_epoch["loader_epoch"]
             in_epoch = None
-        save_within = state_path is not None and save_every_s > 0 and epoch > 0
+        timing = epoch == 0 and done == 0  # a first epoch resumed after a stop keeps its first part's timing
+        save_within = state_path is not None and save_every_s > 0
         epoch_begins = {"loader_epoch": getattr(loader, "epoch", None), "start_rng": rng_states()}
         start = epoch_start = last_save = time.perf_counter()
         for i, batch in enumerate(loader):
@@ -565,17 +569,19 @@ def train(model, make_loader, epochs: int, warmup: int, valid_loader=None,
                 after, epoch_start = None, time.perf_counter()
             if max_batches is not None and i == max_batches:
                 break
-            if epoch == 0 and i == warmup:
+            if timing and i == warmup:
                 start, samples = time.perf_counter(), 0
             model._batch_index = i
             model._total_steps += 1
             loss = model.train_step(batch)
             if loss is not None:  # summed as a tensor: no device sync per step in the timed epoch
                 loss_sum, batches = loss_sum + loss.detach(), batches + 1  # the public step returns a graph
-            if epoch == 0:  # the timed epoch (before this fix every epoch's samples were counted)
+            if timing:  # the timed epoch (before this fix every epoch's samples were counted)
                 samples += _batch_size(batch)
-            if save_within and time.perf_counter() - last_save >= save_every_s:
+            if save_within and (i >= warmup or not timing) and time.perf_counter() - last_save >= save_every_s:
                 seconds_so_far = elapsed_before + time.perf_counter() - epoch_start
+                if timing:  # the samples/s of the batches timed so far, kept if the run stops here
+                    seconds = time.perf_counter() - start
                 save_state(state_path, model, loader, seconds=seconds, samples=samples, best=best,
                            best_epoch=best_epoch, best_state=best_state, epochs_run=epochs_run,
                            stopped=stopped, in_epoch={"batches_done": i + 1, "loss_sum": loss_sum,
@@ -585,7 +591,7 @@ def train(model, make_loader, epochs: int, warmup: int, valid_loader=None,
         if after is not None:  # every batch was done before the stop
             set_rng_states(after)
             epoch_start = time.perf_counter()
-        if epoch == 0:
+        if timing:
             seconds = time.perf_counter() - start
         epochs_run = epoch + 1
         if patience > 0 and valid_loader is not None:
