@@ -521,11 +521,11 @@ def train(model, make_loader, epochs: int, warmup: int, valid_loader=None,
     ``max_batches``: an epoch ends after that many batches (time-only mode). ``state_path``: the
     training state is saved there after every evaluated epoch and after the first batch that ends
     ``save_every_s`` seconds or more after the epoch began or the last save (0: never within an
-    epoch; in the first epoch not before its warm-up is over); where the file exists, training resumes from it
-    (``save_state``): within an epoch by setting the loader's epoch and the generators back to the
-    epoch's start, passing over the batches done and then restoring the generators saved after
-    them, so the rest of the epoch draws what an uninterrupted run draws. A first epoch resumed
-    within keeps the samples and seconds timed before the stop."""
+    epoch; in the first epoch not before its warm-up is over); where the file exists, training
+    resumes from it (``save_state``): within an epoch by setting the loader's epoch and the
+    generators back to the epoch's start, passing over the batches done and then restoring the
+    generators saved after them, so the rest of the epoch draws what an uninterrupted run draws.
+    A first epoch resumed within keeps the samples and seconds timed before the stop."""
     import copy
 
     import torch
